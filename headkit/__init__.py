@@ -1,0 +1,31 @@
+"""headkit: projection heads and layer-wise representations for self-supervised learning.
+
+Public surface (everything else is private):
+
+- heads: `MLPHead` (with the presets of the common SSL methods), `ReweightHead`;
+- losses: `NTXentLoss`, `SupConLoss`, `InfoNCELoss` (functional forms in `headkit.ops`);
+- layers: `LayerTap`, `feature_info`, `truncate_at`;
+- sweeps: `layer_sweep`, `SweepReport` (and the rest of `headkit.probe`);
+- `HeadkitError`, the one error type (a `ValueError`).
+"""
+
+from __future__ import annotations
+
+from . import heads, ops
+from ._contrastive import InfoNCELoss, NTXentLoss, SupConLoss
+from ._errors import HeadkitError
+from ._heads import MLPHead, ReweightHead
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HeadkitError",
+    "InfoNCELoss",
+    "MLPHead",
+    "NTXentLoss",
+    "ReweightHead",
+    "SupConLoss",
+    "__version__",
+    "heads",
+    "ops",
+]
