@@ -15,17 +15,23 @@ from . import heads, ops
 from ._contrastive import InfoNCELoss, NTXentLoss, SupConLoss
 from ._errors import HeadkitError
 from ._heads import MLPHead, ReweightHead
+from ._tap import LayerTap, TapInfo, feature_info
+from ._truncate import truncate_at
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HeadkitError",
     "InfoNCELoss",
+    "LayerTap",
     "MLPHead",
     "NTXentLoss",
     "ReweightHead",
     "SupConLoss",
+    "TapInfo",
     "__version__",
+    "feature_info",
     "heads",
     "ops",
+    "truncate_at",
 ]

@@ -1,0 +1,315 @@
+"""`truncate_at`: cut an encoder at a layer, sharing weights and skipping the rest."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.fx
+from torch import Tensor, nn
+
+from ._errors import HeadkitError
+from ._model import LayerSpec, resolve, unwrap
+from ._pool import Pool, apply_pool, check_pool, needs_prefix, num_prefix_tokens
+from ._tap import strip_tap_hooks
+
+__all__ = ["truncate_at"]
+
+
+class _Stop(Exception):
+    def __init__(self, value: Any) -> None:
+        super().__init__("headkit truncation point reached")
+        self.value = value
+
+
+def _stop_hook(module: nn.Module, args: Any, out: Any) -> None:
+    raise _Stop(out)
+
+
+class _PoolModule(nn.Module):
+    """Parameter-free pooling step appended to a truncated model."""
+
+    def __init__(self, pool: Pool, npt: int, key: LayerSpec) -> None:
+        super().__init__()
+        self.pool = pool
+        self.npt = npt
+        self.key = key
+
+    def forward(self, x: Any) -> Any:
+        return apply_pool(x, self.pool, self.npt, self.key)
+
+
+def _shared_copy(model: nn.Module) -> nn.Module:
+    """Copy the module tree, sharing every parameter and buffer (same tensors)."""
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    clone = copy.deepcopy(model, memo)
+    strip_tap_hooks(clone)
+    return clone
+
+
+class _TimmTruncated(nn.Module):
+    """Mixin for timm models cut with ``prune_intermediate_layers``."""
+
+    _hk_index: int
+    _hk_pool: Pool
+    _hk_npt: int
+    _hk_opts: dict[str, Any]
+
+    def forward(self, x: Tensor) -> Any:
+        out = self.forward_intermediates(x, **self._hk_opts)[0]  # type: ignore[operator]
+        return apply_pool(out, self._hk_pool, self._hk_npt, self._hk_index)
+
+
+class _HookTruncated(nn.Module):
+    """Mixin for models that cannot be traced: run the forward, stop at the cut."""
+
+    _hk_pool: Pool
+    _hk_npt: int
+    _hk_key: LayerSpec
+    _hk_base: type[nn.Module]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            self._hk_base.forward(self, *args, **kwargs)
+        except _Stop as stop:
+            return apply_pool(stop.value, self._hk_pool, self._hk_npt, self._hk_key)
+        raise HeadkitError(
+            f"truncate_at: layer {self._hk_key!r} never ran in the forward of {self._hk_base.__name__}"
+        )
+
+
+_SWAPPED: dict[tuple[type, type], type] = {}
+
+
+def _swapped_class(mixin: type[nn.Module], base: type[nn.Module]) -> type:
+    """``Truncated<Base>``: the model's class with a mixin's forward in front (cached)."""
+    key = (mixin, base)
+    if key not in _SWAPPED:
+        _SWAPPED[key] = type(
+            f"Truncated{base.__name__}", (mixin, base), {"__module__": base.__module__}
+        )
+    return _SWAPPED[key]
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name == self.target:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _fx_cut(model: nn.Module, target: str) -> torch.fx.GraphModule | None:
+    graph = _LeafTracer(target).trace(model)
+    nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
+    if len(nodes) != 1:
+        return None
+    out = next(n for n in graph.nodes if n.op == "output")
+    out.args = (nodes[0],)
+    # shape asserts after the cut (torch._assert is impure) would keep later layers alive
+    after = False
+    for node in list(graph.nodes):
+        if node is nodes[0]:
+            after = True
+        elif after and node.op == "call_function" and node.target is torch._assert:
+            graph.erase_node(node)
+    gm = torch.fx.GraphModule(model, graph, class_name=f"Truncated{type(model).__name__}")
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _fx_cuts(model: nn.Module, target: str) -> list[torch.fx.GraphModule] | None:
+    """The graph cut at ``target`` traced in train and in eval mode (None if untraceable)."""
+    was_training = model.training
+    try:
+        cuts: list[torch.fx.GraphModule] = []
+        for mode in (True, False):
+            model.train(mode)
+            gm = _fx_cut(model, target)
+            if gm is None:
+                return None
+            cuts.append(gm)
+        return cuts
+    except Exception:
+        return None
+    finally:
+        model.train(was_training)
+
+
+class _Cut(nn.Module):
+    """Placeholder for a module that lies after the cut."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise HeadkitError(
+            f"module {self.name!r} was removed by truncate_at (it lies after the cut)"
+        )
+
+
+def _prune_unused(model: nn.Module, used: set[str]) -> None:
+    """Replace every weight-holding module that no used name lies in or under with a `_Cut`.
+
+    Parameter-free modules stay: the tracer inlines them, so they never appear as used.
+    """
+
+    def needed(path: str) -> bool:
+        return any(u == path or u.startswith(path + ".") or path.startswith(u + ".") for u in used)
+
+    for path, module in list(model.named_modules()):
+        if path and not needed(path):
+            continue
+        for name, child in list(module.named_children()):
+            full = f"{path}.{name}" if path else name
+            holds = any(True for _ in child.parameters()) or any(True for _ in child.buffers())
+            if holds and not needed(full) and not isinstance(child, _Cut):
+                setattr(module, name, _Cut(full))
+
+
+def _drop_keys_hook(
+    dropped: frozenset[str],
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        rel = key[len(prefix) :]
+        if rel.startswith("module.") and rel not in dropped:
+            value = state_dict.pop(key)
+            rel = rel[len("module.") :]
+            state_dict[prefix + rel] = value
+        if rel in dropped:
+            del state_dict[prefix + rel]
+
+
+def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.Module:
+    """Cut ``model`` at ``layer``: a new module whose forward returns that layer's output.
+
+    The result returns the same values as ``LayerTap(model, [layer], pool=pool)(x)[layer]``,
+    shares parameters and buffers with ``model`` (same tensors, no copies), leaves ``model``
+    untouched, and neither holds nor computes what comes after the cut. The cheapest exact route
+    is used:
+
+    1. timm models with an int index: timm's ``prune_intermediate_layers`` on a copy of the module
+       tree, then ``forward_intermediates(..., stop_early=True)``;
+    2. an ``nn.Sequential`` cut at a top-level child: the prefix of its children;
+    3. a torch.fx graph cut (torch.fx directly, no torchvision), used when the traced graph is the
+       same in train and eval mode;
+    4. otherwise a copy of the module tree whose forward stops at the layer through a hook (the
+       compute after the cut is skipped; its parameters stay referenced).
+
+    State dicts use the original keys: the truncated module's keys are a subset of the model's,
+    and ``load_state_dict`` accepts a full-model checkpoint (keys of the removed part are dropped,
+    a DDP ``module.`` prefix is stripped), so a pretrained SSL checkpoint can be cut.
+
+    Args:
+        model: the encoder (compile / DDP / DataParallel wrappers are unwrapped).
+        layer: one layer spec, as for `LayerTap` (module name or timm int index).
+        pool: pooling, as for `LayerTap`.
+
+    Returns:
+        The truncated ``nn.Module`` (train / eval mode of the original).
+
+    Raises:
+        HeadkitError: unknown layer (closest names listed), index out of range, or a glob that
+            matches more than one module.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from headkit import truncate_at
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        >>> cut = truncate_at(net, "1")
+        >>> cut(torch.randn(2, 8)).shape
+        torch.Size([2, 16])
+        >>> sum(p.numel() for p in cut.parameters())
+        144
+    """
+    inner = unwrap(model)
+    pool = check_pool(pool)
+    targets = resolve(inner, layer)
+    if len(targets) != 1:
+        raise HeadkitError(
+            f"truncate_at needs exactly one layer, but {layer!r} matches {len(targets)}: "
+            f"{[t for _, t in targets][:8]}"
+        )
+    key, target = targets[0]
+    npt = num_prefix_tokens(inner)
+    out: nn.Module | None = None
+    if isinstance(target, int):
+        tc: Any = _shared_copy(inner)
+        tc.prune_intermediate_layers(indices=[target], prune_norm=True, prune_head=True)
+        tc.__class__ = _swapped_class(_TimmTruncated, type(inner))
+        tc._hk_index = target
+        tc._hk_pool = pool
+        tc._hk_npt = npt
+        fi: Any = inner.forward_intermediates
+        params = inspect.signature(fi).parameters
+        opts: dict[str, Any] = {"indices": [target], "intermediates_only": True}
+        if "stop_early" in params:
+            opts["stop_early"] = True
+        if needs_prefix(pool) and "return_prefix_tokens" in params:
+            opts["return_prefix_tokens"] = True
+        tc._hk_opts = opts
+        out = tc
+    elif isinstance(inner, nn.Sequential) and target in inner._modules:
+        names = list(inner._modules)
+        kept = OrderedDict((n, inner._modules[n]) for n in names[: names.index(target) + 1])
+        seq = nn.Sequential(kept)
+        if pool is not None:
+            seq.add_module("headkit_pool", _PoolModule(pool, npt, key))
+        out = seq
+    else:
+        cuts = _fx_cuts(inner, target)
+        gm = cuts[1] if cuts is not None and cuts[0].code == cuts[1].code else None
+        if gm is not None:
+            if pool is not None:
+                gm.add_submodule("headkit_pool", _PoolModule(pool, npt, key))
+                node_out = next(n for n in gm.graph.nodes if n.op == "output")
+                with gm.graph.inserting_before(node_out):
+                    pooled = gm.graph.call_module("headkit_pool", (node_out.args[0],))
+                node_out.args = (pooled,)
+                gm.recompile()
+            out = gm
+        else:
+            clone: Any = _shared_copy(inner)
+            base = type(inner)
+            if cuts is not None:  # traced, but the code depends on train/eval: prune by use
+                used = {
+                    str(n.target)
+                    for g in cuts
+                    for n in g.graph.nodes
+                    if n.op in ("call_module", "get_attr")
+                }
+                _prune_unused(clone, used)
+            clone.get_submodule(target).register_forward_hook(_stop_hook)
+            clone.__class__ = _swapped_class(_HookTruncated, base)
+            clone._hk_pool = pool
+            clone._hk_npt = npt
+            clone._hk_key = key
+            clone._hk_base = base
+            out = clone
+    out.train(inner.training)
+    dropped = frozenset(inner.state_dict()) - frozenset(out.state_dict())
+    out.register_load_state_dict_pre_hook(functools.partial(_drop_keys_hook, dropped))
+    return out
