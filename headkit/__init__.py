@@ -11,10 +11,11 @@ Public surface (everything else is private):
 
 from __future__ import annotations
 
-from . import heads, ops
+from . import heads, ops, probe
 from ._contrastive import InfoNCELoss, NTXentLoss, SupConLoss
 from ._errors import HeadkitError
 from ._heads import MLPHead, ReweightHead
+from ._probe import SweepReport, layer_sweep
 from ._tap import LayerTap, TapInfo, feature_info
 from ._truncate import truncate_at
 
@@ -28,10 +29,13 @@ __all__ = [
     "NTXentLoss",
     "ReweightHead",
     "SupConLoss",
+    "SweepReport",
     "TapInfo",
     "__version__",
     "feature_info",
     "heads",
+    "layer_sweep",
     "ops",
+    "probe",
     "truncate_at",
 ]

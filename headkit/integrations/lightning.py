@@ -1,0 +1,137 @@
+"""PyTorch Lightning integration: per-layer online probes during pretraining.
+
+Needs ``pip install "headkit[lightning]"`` (``lightning`` or ``pytorch_lightning``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .._errors import HeadkitError
+from .._model import LayerSpec
+from .._pool import Pool
+from .._probe import OnlineLayerProbe
+from .._tap import LayerTap
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # pragma: no cover - depends on what is installed
+    try:
+        import pytorch_lightning as pl
+    except ImportError as err:
+        raise ImportError(
+            'headkit.integrations.lightning needs PyTorch Lightning: pip install "headkit[lightning]"'
+        ) from err
+
+__all__ = ["LayerProbeCallback"]
+
+
+class LayerProbeCallback(pl.Callback):  # type: ignore[misc]
+    """Train linear probes on several layers of the model while it pretrains.
+
+    A `LayerTap` records the chosen layers (detached) during each training forward; after each
+    training batch the probes take one optimiser step on those features and the batch labels
+    (``batch[1]``), and ``probe/<layer>`` accuracies are logged each epoch. The encoder never
+    receives a gradient from the probes. Under DDP the probe gradients are averaged over ranks
+    and the accuracies summed over ranks.
+
+    Args:
+        layers: layer specs of ``pl_module`` (or of ``pl_module.<module_attr>``), module names.
+        num_classes: number of classes of the labels.
+        pool: pooling of the tapped outputs before the probe (default ``"avg"``).
+        lr: Adam learning rate of the probes.
+        module_attr: attribute of the LightningModule holding the encoder (None: the module).
+
+    Example:
+        >>> from headkit.integrations.lightning import LayerProbeCallback  # doctest: +SKIP
+        >>> cb = LayerProbeCallback(["backbone.layer3", "backbone.layer4"], num_classes=10)  # doctest: +SKIP
+        >>> trainer = pl.Trainer(callbacks=[cb])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerSpec],
+        num_classes: int,
+        *,
+        pool: Pool = "avg",
+        lr: float = 1e-3,
+        module_attr: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.num_classes = num_classes
+        self.pool = pool
+        self.lr = lr
+        self.module_attr = module_attr
+        self.tap: LayerTap | None = None
+        self.probe: OnlineLayerProbe | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.history: list[dict[str, float]] = []
+
+    def _target(self, pl_module: nn.Module) -> nn.Module:
+        if self.module_attr is None:
+            return pl_module
+        target = getattr(pl_module, self.module_attr, None)
+        if not isinstance(target, nn.Module):
+            raise HeadkitError(f"LightningModule has no module attribute {self.module_attr!r}")
+        return target
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.tap = LayerTap(self._target(pl_module), self.layers, pool=self.pool, detach=True)
+        self.tap.__enter__()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        assert self.tap is not None
+        labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if not isinstance(labels, torch.Tensor):
+            raise HeadkitError("LayerProbeCallback needs (inputs, labels) batches")
+        feats = {k: self.tap.outputs[k] for k in self.tap.keys}
+        if self.probe is None:
+            dims = {
+                k: int(
+                    v.reshape(v.shape[0], -1).shape[1]
+                    if v.dim() == 2
+                    else v.shape[1]
+                    if v.dim() == 4
+                    else v.shape[-1]
+                )
+                for k, v in feats.items()
+            }
+            self.probe = OnlineLayerProbe(dims, self.num_classes).to(labels.device)
+            self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.lr)
+        assert self.optimizer is not None
+        with torch.enable_grad():
+            loss = self.probe(feats, labels.to(next(self.probe.parameters()).device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            for p in self.probe.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+        self.optimizer.step()
+        self.tap.clear()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.probe is None:
+            return
+        acc = self.probe.compute()
+        self.history.append({str(k): v for k, v in acc.items()})
+        for k, v in acc.items():
+            pl_module.log(f"probe/{k}", v, rank_zero_only=True)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.on_fit_end(trainer, pl_module)
