@@ -150,7 +150,8 @@ class Encoder(nn.Module):
         self.head: nn.Module = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
+        out: Tensor = self.head(self.backbone(x))
+        return out
 
 
 def make_encoder(
