@@ -27,12 +27,16 @@ def digits_pil(size: int = 32) -> tuple[list[object], list[int]]:
     imgs = []
     for img in x:
         arr = (img[0] * 255).to(torch.uint8).numpy()
-        imgs.append(Image.fromarray(arr, mode="L").resize((size, size), Image.BILINEAR).convert("RGB"))
+        imgs.append(
+            Image.fromarray(arr, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
+        )
     return imgs, y.tolist()
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps, for CI")
     p.add_argument("--seed", type=int, default=0)
     return p

@@ -35,7 +35,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     x, y = digits()
     sampler = DistributedSampler(TensorDataset(x, y), shuffle=True, seed=args.seed, drop_last=True)
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=args.batch_size, sampler=sampler, drop_last=True
+    )
     model = make_encoder(64, "mlp").to(device)
     ddp = DDP(model, device_ids=[device.index] if cuda else None)
     criterion = NTXentLoss(temperature=0.2, gather_distributed=True)
@@ -52,12 +54,20 @@ def main() -> None:
             if args.smoke and step >= 1:
                 break
         if rank == 0:
-            print(f"epoch {epoch}: global-batch loss {loss.item():.4f} ({world} ranks x {args.batch_size})")
+            print(
+                f"epoch {epoch}: global-batch loss {loss.item():.4f} ({world} ranks x {args.batch_size})"
+            )
     if rank == 0:
         model.eval()
         model.cpu()
         batches = [(x[i : i + 512], y[i : i + 512]) for i in range(0, len(y), 512)]
-        report = layer_sweep(model, batches, layers=["backbone.block2", "backbone", "head"], metrics=("knn", "rankme"), progress=False)
+        report = layer_sweep(
+            model,
+            batches,
+            layers=["backbone.block2", "backbone", "head"],
+            metrics=("knn", "rankme"),
+            progress=False,
+        )
         print(report.table())
     dist.barrier()
     dist.destroy_process_group()

@@ -51,7 +51,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     images, labels = digits_pil(32)
     transform = SimCLRTransform(input_size=32, gaussian_blur=0.0, min_scale=0.5)
-    loader = DataLoader(Views(images, labels, transform), batch_size=32 if args.smoke else args.batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(
+        Views(images, labels, transform),
+        batch_size=32 if args.smoke else args.batch_size,
+        shuffle=True,
+        drop_last=True,
+    )
     backbone = timm.create_model("resnet18", pretrained=False, num_classes=0)
     model = SimCLR(backbone, backbone.num_features)
     criterion = headkit.NTXentLoss(temperature=0.5)  # was: lightly.loss.NTXentLoss()
@@ -76,7 +81,12 @@ def main() -> None:
     if args.smoke:
         x, y = x[:200], y[:200]
     batches = [(x[i : i + 256], y[i : i + 256]) for i in range(0, len(y), 256)]
-    report = headkit.layer_sweep(model.backbone, batches, metrics=("linear", "knn", "rankme"), probe_kwargs={"epochs": 10 if args.smoke else 100})
+    report = headkit.layer_sweep(
+        model.backbone,
+        batches,
+        metrics=("linear", "knn", "rankme"),
+        probe_kwargs={"epochs": 10 if args.smoke else 100},
+    )
     print(report.table())
     print("use layer", report.best_layer("linear"), "of the backbone")
 

@@ -23,7 +23,9 @@ class SimCLRModule(pl.LightningModule):  # type: ignore[misc]
         self.model = make_encoder(64, "mlp")
         self.criterion = NTXentLoss(temperature=0.2)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, _ = batch
         z0 = self.model(augment(x))
         z1 = self.model(augment(x))

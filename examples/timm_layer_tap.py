@@ -1,6 +1,6 @@
 """LayerTap, truncate_at and describe on a timm ResNet and a ViT, and cutting a checkpoint.
 
-    python examples/timm_layer_tap.py [--smoke]
+python examples/timm_layer_tap.py [--smoke]
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ def main() -> None:
     resnet = timm.create_model("resnet18", pretrained=False).eval()
     x = torch.randn(2, 3, 64, 64)
     print("resnet18 taps (shapes from a meta-device dry run, no compute):")
-    for key, info in feature_info(resnet, [0, 1, 2, 3, 4, "layer3.1.conv2"], (2, 3, 64, 64)).items():
+    for key, info in feature_info(
+        resnet, [0, 1, 2, 3, 4, "layer3.1.conv2"], (2, 3, 64, 64)
+    ).items():
         print(f"  {key!r:18} {info.shape}")
     with torch.no_grad():
         out = LayerTap(resnet, [2, "layer3"], pool="avg")(x)  # stops after layer3
         ref = resnet.forward_intermediates(x, indices=[2], intermediates_only=True)[0]
-        print("index 2 equals forward_intermediates:", torch.equal(LayerTap(resnet, [2])(x)[2], ref))
+        print(
+            "index 2 equals forward_intermediates:", torch.equal(LayerTap(resnet, [2])(x)[2], ref)
+        )
         print("pooled:", {k: tuple(v.shape) for k, v in out.items()})
     # ---------------------------------------------------------------- ViT: CLS, mean, NCHW
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64).eval()
@@ -37,7 +41,9 @@ def main() -> None:
         cls = LayerTap(vit, [5], pool="cls")(xv)[5]
         mean = LayerTap(vit, ["blocks.5"], pool="mean")(xv)["blocks.5"]  # patch tokens only
         both = LayerTap(vit, [5], pool="cls+mean")(xv)[5]
-    print(f"vit block 5: NCHW {tuple(nchw.shape)}, CLS {tuple(cls.shape)}, mean {tuple(mean.shape)}, cls+mean {tuple(both.shape)}")
+    print(
+        f"vit block 5: NCHW {tuple(nchw.shape)}, CLS {tuple(cls.shape)}, mean {tuple(mean.shape)}, cls+mean {tuple(both.shape)}"
+    )
     # ---------------------------------------------------------------- context manager + gradients
     with LayerTap(vit, ["blocks.3"]) as tap:
         logits = vit(xv)
@@ -52,12 +58,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "pretrained.pt")
         torch.save(vit.state_dict(), path)  # e.g. an SSL checkpoint of the whole model
-        fresh = truncate_at(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64), 5, pool="cls")
+        fresh = truncate_at(
+            timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64), 5, pool="cls"
+        )
         fresh.load_state_dict(torch.load(path, weights_only=True))  # full checkpoint, cut model
         fresh.eval()
         cut.eval()
         with torch.no_grad():
-            print("cut checkpoint gives the same features:", torch.allclose(fresh(xv), cut(xv), atol=1e-6))
+            print(
+                "cut checkpoint gives the same features:",
+                torch.allclose(fresh(xv), cut(xv), atol=1e-6),
+            )
     r_cut = truncate_at(resnet, "layer2", pool="avg")
     print("resnet18 cut at layer2:", tuple(r_cut(x).shape))
 

@@ -36,10 +36,14 @@ def main() -> None:
     for d in range(10):
         with open(os.path.join(digits_dir, f"{d}.json")) as fh:
             raw = json.load(fh)
-        arr = np.asarray(raw["data"] if isinstance(raw, dict) else raw, dtype=np.float32).reshape(-1, 28, 28)
+        arr = np.asarray(raw["data"] if isinstance(raw, dict) else raw, dtype=np.float32).reshape(
+            -1, 28, 28
+        )
         xs.append(np.round(arr * 255).astype(np.uint8))
         ys.append(np.full(len(arr), d, dtype=np.uint8))
-    np.savez_compressed(os.path.join(cache, "mnist_digits.npz"), x=np.concatenate(xs), y=np.concatenate(ys))
+    np.savez_compressed(
+        os.path.join(cache, "mnist_digits.npz"), x=np.concatenate(xs), y=np.concatenate(ys)
+    )
     print(f"wrote {cache}/fashion_mnist.npz and {cache}/mnist_digits.npz")
 
 

@@ -30,7 +30,9 @@ BASE = [2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
 NOISE = 0.3
 
 
-def sample(n: int, s: torch.Tensor, disrupt: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+def sample(
+    n: int, s: torch.Tensor, disrupt: torch.Tensor, g: torch.Generator
+) -> tuple[torch.Tensor, ...]:
     z = torch.randn(n, D, generator=g)
     z1 = torch.where(torch.rand(n, D, generator=g) < disrupt, torch.randn(n, D, generator=g), z)
     z2 = torch.where(torch.rand(n, D, generator=g) < disrupt, torch.randn(n, D, generator=g), z)
@@ -40,7 +42,9 @@ def sample(n: int, s: torch.Tensor, disrupt: torch.Tensor, g: torch.Generator) -
     return z, x, x1, x2
 
 
-def train(s: torch.Tensor, disrupt: torch.Tensor, steps: int, wd: float, seed: int, init: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+def train(
+    s: torch.Tensor, disrupt: torch.Tensor, steps: int, wd: float, seed: int, init: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w1 = (init * torch.randn(D, D, generator=g)).requires_grad_()
     w2 = (init * torch.randn(D, D, generator=g)).requires_grad_()
@@ -58,14 +62,18 @@ def train(s: torch.Tensor, disrupt: torch.Tensor, steps: int, wd: float, seed: i
     return w1.detach(), w2.detach()
 
 
-def knn_acc(train_r: torch.Tensor, ytr: torch.Tensor, test_r: torch.Tensor, yte: torch.Tensor, k: int = 15) -> float:
+def knn_acc(
+    train_r: torch.Tensor, ytr: torch.Tensor, test_r: torch.Tensor, yte: torch.Tensor, k: int = 15
+) -> float:
     d = torch.cdist(test_r, train_r)
     idx = d.topk(k, largest=False).indices
     pred = (ytr[idx].float().mean(1) > 0.5).long()
     return float((pred == yte).float().mean())
 
 
-def downstream(w1: torch.Tensor, w2: torch.Tensor, s: torch.Tensor, j: int, seed: int) -> tuple[float, float]:
+def downstream(
+    w1: torch.Tensor, w2: torch.Tensor, s: torch.Tensor, j: int, seed: int
+) -> tuple[float, float]:
     g = torch.Generator().manual_seed(seed + 100)
     z, x, _, _ = sample(2000, s, torch.zeros(D), g)
     y = (z[:, j] > 0).long()
@@ -83,14 +91,23 @@ def main() -> None:
     # ---- (a) progressive feature weighting and the square-root relation
     s = torch.tensor([2.0, 1.6, 1.3, 1.1, 0.9, 0.75, 0.6, 0.5, 0.4, 0.33, 0.27, 0.22])
     w1, w2 = train(s, torch.zeros(D), steps, 0.0, args.seed)
-    lower = (w1.norm(dim=0) * s)  # weight of feature k in W1 x
-    post = ((w2 @ w1).norm(dim=0) * s)
+    lower = w1.norm(dim=0) * s  # weight of feature k in W1 x
+    post = (w2 @ w1).norm(dim=0) * s
     lo_n, po_n = lower / lower.max(), post / post.max()
     col1, col2 = w1.norm(dim=0), (w2 @ w1).norm(dim=0)
     keep = col2 > 1e-6
-    slope = float(torch.linalg.lstsq(torch.stack([col2[keep].log(), torch.ones(int(keep.sum()))], 1), col1[keep].log()[:, None]).solution[0])
+    slope = float(
+        torch.linalg.lstsq(
+            torch.stack([col2[keep].log(), torch.ones(int(keep.sum()))], 1),
+            col1[keep].log()[:, None],
+        ).solution[0]
+    )
     rows = [[str(k), f"{s[k]:.2f}", f"{lo_n[k]:.3f}", f"{po_n[k]:.3f}"] for k in range(D)]
-    t = print_table("(a) per-feature weight, normalised to the largest (lower layer W1 vs output W2 W1)", ["feature", "strength", "lower layer", "after head"], rows)
+    t = print_table(
+        "(a) per-feature weight, normalised to the largest (lower layer W1 vs output W2 W1)",
+        ["feature", "strength", "lower layer", "after head"],
+        rows,
+    )
     cv = lambda v: float(v.std() / v.mean())  # noqa: E731
     summary = (
         f"coefficient of variation of the weights: lower {cv(lo_n):.3f}, after head {cv(po_n):.3f} "
@@ -119,8 +136,20 @@ def main() -> None:
             w1, w2 = train(s_t, d_t, steps, wd, args.seed)
             a_pre, a_post = downstream(w1, w2, s_t, j, args.seed)
             gaps[(name, wd)] = a_pre - a_post
-            rows.append([name, f"{wd:g}", f"{100 * a_pre:.1f}%", f"{100 * a_post:.1f}%", f"{100 * (a_pre - a_post):+.1f}"])
-    t = print_table("\n(b-d) downstream kNN accuracy on sign(z_j): pre- vs post-projection", ["task", "weight decay", "pre", "post", "pre - post"], rows)
+            rows.append(
+                [
+                    name,
+                    f"{wd:g}",
+                    f"{100 * a_pre:.1f}%",
+                    f"{100 * a_post:.1f}%",
+                    f"{100 * (a_pre - a_post):+.1f}",
+                ]
+            )
+    t = print_table(
+        "\n(b-d) downstream kNN accuracy on sign(z_j): pre- vs post-projection",
+        ["task", "weight decay", "pre", "post", "pre - post"],
+        rows,
+    )
     verdicts = []
     for name, _, _, _ in tasks:
         g0, g1 = gaps[(name, 0.0)], gaps[(name, 0.03)]

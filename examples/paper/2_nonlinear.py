@@ -19,20 +19,31 @@ from torch import nn
 from headkit import LayerTap, MLPHead, NTXentLoss
 
 
-def data(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def data(
+    n: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     z = torch.randn(n, 2, generator=g)
     mix = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(7)))[0]
+
     def view() -> torch.Tensor:
         x = torch.cat([3.0 * z[:, :1], 1.0 * z[:, 1:2], 0.7 * torch.randn(n, 14, generator=g)], 1)
         return x @ mix.T
-    return z, view(), view(), (torch.cat([3.0 * z[:, :1], z[:, 1:2], torch.zeros(n, 14)], 1) @ mix.T)
+
+    return (
+        z,
+        view(),
+        view(),
+        (torch.cat([3.0 * z[:, :1], z[:, 1:2], torch.zeros(n, 14)], 1) @ mix.T),
+    )
 
 
 def r2(feats: torch.Tensor, target: torch.Tensor, lam: float = 1e-2) -> float:
     n = feats.shape[0] // 2
     f = (feats - feats[:n].mean(0)) / feats[:n].std(0).clamp_min(1e-6)
     a, b = f[:n], f[n:]
-    w = torch.linalg.solve(a.T @ a + lam * n * torch.eye(a.shape[1]), a.T @ (target[:n] - target[:n].mean()))
+    w = torch.linalg.solve(
+        a.T @ a + lam * n * torch.eye(a.shape[1]), a.T @ (target[:n] - target[:n].mean())
+    )
     pred = b @ w + target[:n].mean()
     return float(1 - ((pred - target[n:]) ** 2).mean() / target[n:].var())
 
@@ -62,13 +73,31 @@ def main() -> None:
     for name in layers:
         ra, rb = r2(feats[name], z[:, 0]), r2(feats[name], z[:, 1])
         kept[name] = rb
-        role = "post-projection (head output)" if name == "head" else ("inside head" if name.startswith("head") else "backbone (pre-projection)" if name == "backbone.3" else "backbone")
+        role = (
+            "post-projection (head output)"
+            if name == "head"
+            else (
+                "inside head"
+                if name.startswith("head")
+                else "backbone (pre-projection)"
+                if name == "backbone.3"
+                else "backbone"
+            )
+        )
         rows.append([name, role, str(feats[name].shape[1]), f"{ra:.3f}", f"{rb:.3f}"])
-    t = print_table(f"held-out R^2 of each feature from each layer (SimCLR loss {loss.item():.3f})", ["layer", "role", "dim", "strong z_a", "weak z_b"], rows)
+    t = print_table(
+        f"held-out R^2 of each feature from each layer (SimCLR loss {loss.item():.3f})",
+        ["layer", "role", "dim", "strong z_a", "weak z_b"],
+        rows,
+    )
     lower = max(kept["backbone.1"], kept["backbone.3"])
     verdict = (
         f"weak feature z_b: R^2 up to {lower:.3f} in the backbone vs {kept['head']:.3f} at the head output -> "
-        + ("a lower layer keeps what the output drops: AGREES" if lower > 0.4 and kept["head"] < 0.1 else "DISAGREES / inconclusive")
+        + (
+            "a lower layer keeps what the output drops: AGREES"
+            if lower > 0.4 and kept["head"] < 0.1
+            else "DISAGREES / inconclusive"
+        )
     )
     print(verdict)
     save_text(args.out, "2_nonlinear.txt", t + "\n" + verdict)

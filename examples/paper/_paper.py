@@ -20,11 +20,15 @@ CACHE = os.environ.get("HEADKIT_DATA", os.path.expanduser("~/.cache/headkit"))
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/paper", help="folder for plots and results")
-    p.add_argument("--data-root", default=None, help="a torchvision-layout folder with CIFAR (download=False)")
+    p.add_argument(
+        "--data-root", default=None, help="a torchvision-layout folder with CIFAR (download=False)"
+    )
     return p
 
 
@@ -37,7 +41,12 @@ def fashion_mnist(smoke: bool) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     n_tr, n_te = (2000, 500) if smoke else (60000, 10000)
     xtr = torch.tensor(d["x_train"][:n_tr]).float().div(255).unsqueeze(1)
     xte = torch.tensor(d["x_test"][:n_te]).float().div(255).unsqueeze(1)
-    return xtr, torch.tensor(d["y_train"][:n_tr]).long(), xte, torch.tensor(d["y_test"][:n_te]).long()
+    return (
+        xtr,
+        torch.tensor(d["y_train"][:n_tr]).long(),
+        xte,
+        torch.tensor(d["y_test"][:n_te]).long(),
+    )
 
 
 def mnist_digits() -> tuple[Tensor, Tensor] | None:
@@ -50,7 +59,9 @@ def mnist_digits() -> tuple[Tensor, Tensor] | None:
 
 def need_data(smoke: bool) -> bool:
     """True when the real data is there; in smoke mode a stand-in is allowed (said loudly)."""
-    if os.path.exists(os.path.join(CACHE, "fashion_mnist.npz")) and os.path.exists(os.path.join(CACHE, "mnist_digits.npz")):
+    if os.path.exists(os.path.join(CACHE, "fashion_mnist.npz")) and os.path.exists(
+        os.path.join(CACHE, "mnist_digits.npz")
+    ):
         return True
     msg = f"real data not found in {CACHE}: run `bash scripts/get_data.sh` first"
     if not smoke:
@@ -71,11 +82,22 @@ class CNN(nn.Module):
         super().__init__()
 
         def block(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
 
         self.block1 = block(in_chs, width)
         self.block2 = block(width, 2 * width)
-        self.block3 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.block3 = nn.Sequential(
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.dim = 4 * width
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,7 +121,12 @@ def crop_flip(x: Tensor, g: torch.Generator, pad: int = 3) -> Tensor:
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
     rows = dy[:, None] + torch.arange(h)[None]
     cols = dx[:, None] + torch.arange(w)[None]
-    out = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    out = xp[
+        torch.arange(b)[:, None, None, None],
+        torch.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     flip = torch.rand(b, generator=g) < 0.5
     out[flip] = out[flip].flip(-1)
     scale = 0.7 + 0.6 * torch.rand(b, 1, 1, 1, generator=g)
@@ -150,7 +177,14 @@ def features(model: nn.Module, x: Tensor, bs: int = 1000) -> Tensor:
 def print_table(title: str, head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
-    text = "\n".join([title, line.format(*head), line.format(*("-" * w for w in widths)), *(line.format(*r) for r in rows)])
+    text = "\n".join(
+        [
+            title,
+            line.format(*head),
+            line.format(*("-" * w for w in widths)),
+            *(line.format(*r) for r in rows),
+        ]
+    )
     print(text)
     return text
 
