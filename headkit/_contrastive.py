@@ -55,7 +55,13 @@ def _tile_cols(rows: int, cols: int) -> int:
 
 
 def _lse_forward_torch(
-    q: Tensor, k: Tensor, ql: Tensor, kl: Tensor, self_idx: Tensor, inv_t: float
+    q: Tensor,
+    k: Tensor,
+    ql: Tensor,
+    kl: Tensor,
+    self_idx: Tensor,
+    inv_t: float,
+    need_pos: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     a, n = q.shape[0], k.shape[0]
     m = torch.full((a,), -math.inf, dtype=q.dtype, device=q.device)
@@ -71,16 +77,14 @@ def _lse_forward_torch(
         logits = torch.mm(q, kt.t()).mul_(inv_t)
         col = self_idx - c0
         hit = (col >= 0) & (col < t)
-        self_mask = None
-        if bool(hit.any()):
-            self_mask = torch.zeros_like(logits, dtype=torch.bool)
-            self_mask[rows[hit], col[hit]] = True
-        same = ql[:, None] == kl[None, c0 : c0 + t]
-        if self_mask is not None:
-            same &= ~self_mask
-            logits.masked_fill_(self_mask, -math.inf)
-        pos += torch.where(same, logits, 0.0).sum(1)
-        cnt += same.sum(1)
+        r_hit, c_hit = rows[hit], col[hit]
+        if need_pos:
+            same = ql[:, None] == kl[None, c0 : c0 + t]
+            same[r_hit, c_hit] = False
+        logits[r_hit, c_hit] = -math.inf
+        if need_pos:
+            pos += torch.where(same, logits, 0.0).sum(1)
+            cnt += same.sum(1)
         new_m = torch.maximum(m, logits.amax(1))
         safe = new_m.clamp_min(lowest)
         s = s * torch.exp(m - safe) + logits.sub_(safe[:, None]).exp_().sum(1)
@@ -98,6 +102,7 @@ def _lse_backward_torch(
     self_idx: Tensor,
     lse: Tensor,
     inv_t: float,
+    need_pos: bool = True,
 ) -> tuple[Tensor, Tensor]:
     a, n = q.shape[0], k.shape[0]
     dq = torch.zeros_like(q)
@@ -112,11 +117,13 @@ def _lse_backward_torch(
         p = torch.mm(q, kt.t()).mul_(inv_t).sub_(lse[:, None]).exp_()
         col = self_idx - c0
         hit = (col >= 0) & (col < t)
-        same = ql[:, None] == kl[None, c0 : c0 + t]
-        if bool(hit.any()):
-            p[rows[hit], col[hit]] = 0.0
-            same[rows[hit], col[hit]] = False
-        p.mul_(gl).add_(torch.where(same, gp, 0.0))
+        r_hit, c_hit = rows[hit], col[hit]
+        p[r_hit, c_hit] = 0.0
+        p.mul_(gl)
+        if need_pos:
+            same = ql[:, None] == kl[None, c0 : c0 + t]
+            same[r_hit, c_hit] = False
+            p.add_(torch.where(same, gp, 0.0))
         dq.addmm_(p, kt)
         torch.mm(p.t(), q, out=dk[c0 : c0 + t])
     return dq, dk
@@ -124,18 +131,21 @@ def _lse_backward_torch(
 
 @torch.library.custom_op("headkit::contrastive_lse", mutates_args=())
 def _contrastive_lse_op(
-    q: Tensor, k: Tensor, ql: Tensor, kl: Tensor, self_idx: Tensor, inv_t: float
+    q: Tensor, k: Tensor, ql: Tensor, kl: Tensor, self_idx: Tensor, inv_t: float, need_pos: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     if _use_triton(q):
         from ._triton import lse_forward_triton
 
-        return lse_forward_triton(q, k, ql, kl, self_idx, inv_t)
-    return _lse_forward_torch(q, k, ql, kl, self_idx, inv_t)
+        lse, pos, cnt = lse_forward_triton(q, k, ql, kl, self_idx, inv_t)
+        if not need_pos:
+            pos, cnt = torch.zeros_like(pos), torch.zeros_like(cnt)
+        return lse, pos, cnt
+    return _lse_forward_torch(q, k, ql, kl, self_idx, inv_t, need_pos)
 
 
 @_contrastive_lse_op.register_fake
 def _(
-    q: Tensor, k: Tensor, ql: Tensor, kl: Tensor, self_idx: Tensor, inv_t: float
+    q: Tensor, k: Tensor, ql: Tensor, kl: Tensor, self_idx: Tensor, inv_t: float, need_pos: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     a = q.shape[0]
     return q.new_empty(a), q.new_empty(a), q.new_empty(a)
@@ -152,12 +162,14 @@ def _contrastive_lse_bwd_op(
     self_idx: Tensor,
     lse: Tensor,
     inv_t: float,
+    need_pos: bool,
 ) -> tuple[Tensor, Tensor]:
     if _use_triton(q):
         from ._triton import lse_backward_triton
 
+        g_pos = g_pos if need_pos else torch.zeros_like(g_pos)
         return lse_backward_triton(g_lse, g_pos, q, k, ql, kl, self_idx, lse, inv_t)
-    return _lse_backward_torch(g_lse, g_pos, q, k, ql, kl, self_idx, lse, inv_t)
+    return _lse_backward_torch(g_lse, g_pos, q, k, ql, kl, self_idx, lse, inv_t, need_pos)
 
 
 @_contrastive_lse_bwd_op.register_fake
@@ -171,6 +183,7 @@ def _(
     self_idx: Tensor,
     lse: Tensor,
     inv_t: float,
+    need_pos: bool,
 ) -> tuple[Tensor, Tensor]:
     return torch.empty_like(q), torch.empty_like(k)
 
@@ -178,9 +191,10 @@ def _(
 def _setup_context(
     ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: tuple[Tensor, ...]
 ) -> None:
-    q, k, ql, kl, self_idx, inv_t = inputs
+    q, k, ql, kl, self_idx, inv_t, need_pos = inputs
     ctx.save_for_backward(q, k, ql, kl, self_idx, output[0])  # type: ignore[arg-type]
     ctx.inv_t = inv_t  # type: ignore[attr-defined]
+    ctx.need_pos = need_pos  # type: ignore[attr-defined]
 
 
 def _backward(
@@ -188,12 +202,23 @@ def _backward(
     g_lse: Tensor | None,
     g_pos: Tensor | None,
     g_cnt: Tensor | None,
-) -> tuple[Tensor, Tensor, None, None, None, None]:
+) -> tuple[Tensor, Tensor, None, None, None, None, None]:
     q, k, ql, kl, self_idx, lse = ctx.saved_tensors  # type: ignore[attr-defined]
     g_lse = torch.zeros_like(lse) if g_lse is None else g_lse
     g_pos = torch.zeros_like(lse) if g_pos is None else g_pos
-    dq, dk = _contrastive_lse_bwd_op(g_lse, g_pos, q, k, ql, kl, self_idx, lse, ctx.inv_t)  # type: ignore[attr-defined]
-    return dq, dk, None, None, None, None
+    dq, dk = _contrastive_lse_bwd_op(
+        g_lse,
+        g_pos,
+        q,
+        k,
+        ql,
+        kl,
+        self_idx,
+        lse,
+        ctx.inv_t,  # type: ignore[attr-defined]
+        ctx.need_pos,  # type: ignore[attr-defined]
+    )
+    return dq, dk, None, None, None, None, None
 
 
 _contrastive_lse_op.register_autograd(_backward, setup_context=_setup_context)
@@ -206,6 +231,7 @@ def contrastive_lse(
     k_labels: Tensor,
     self_idx: Tensor,
     temperature: float,
+    need_pos: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Tiled log-sum-exp and summed positive logits of ``q @ k.T / temperature``.
 
@@ -216,13 +242,25 @@ def contrastive_lse(
         k_labels: ``(K,)`` int64 key labels; key j is a positive of anchor a when the labels match.
         self_idx: ``(A,)`` int64, the key index excluded for each anchor (``-1``: none).
         temperature: positive float.
+        need_pos: compute ``pos`` and ``cnt`` (False returns zeros and skips the label masks).
 
     Returns:
         ``(lse, pos, cnt)``, each ``(A,)``: log-sum-exp over the non-excluded keys, the sum of the
         positive logits, and the number of positives (not differentiable).
+
+    Example:
+        >>> import torch
+        >>> from headkit.ops import contrastive_lse
+        >>> q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+        >>> lab = torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> lse, pos, cnt = contrastive_lse(q, q, lab, lab, torch.arange(6), 0.1)
+        >>> cnt.tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
     cnt: Tensor
-    lse, pos, cnt = _contrastive_lse_op(q, k, q_labels, k_labels, self_idx, 1.0 / temperature)
+    lse, pos, cnt = _contrastive_lse_op(
+        q, k, q_labels, k_labels, self_idx, 1.0 / temperature, need_pos
+    )
     return lse, pos, cnt
 
 
@@ -366,7 +404,7 @@ def nt_xent(
     labels_k = torch.arange(m, device=z0.device).repeat(2)
     labels_q = gi.repeat(2)
     self_idx = torch.cat([gi, gi + m])
-    lse, _, _ = contrastive_lse(q, k, labels_q, labels_k, self_idx, t)
+    lse, _, _ = contrastive_lse(q, k, labels_q, labels_k, self_idx, t, need_pos=False)
     pos = (q0 * q1).sum(1).div(t).repeat(2)
     return _out(_global_mean((lse - pos).sum(), 2 * n, world), z0)
 
@@ -471,7 +509,7 @@ def info_nce(
             raise HeadkitError(f"info_nce without negatives needs N >= 2 queries, got N={n}")
         lab = torch.arange(n, device=query.device)
         none = torch.full((n,), -1, device=query.device, dtype=torch.long)
-        lse, _, _ = contrastive_lse(qn, kn, lab, lab, none, t)
+        lse, _, _ = contrastive_lse(qn, kn, lab, lab, none, t, need_pos=False)
     else:
         _check_embeddings("negatives", negatives)
         if negatives.shape[1] != query.shape[1] or negatives.shape[0] == 0:
@@ -482,7 +520,7 @@ def info_nce(
         ql = torch.zeros(n, device=query.device, dtype=torch.long)
         bl = torch.ones(bn.shape[0], device=query.device, dtype=torch.long)
         none = torch.full((n,), -1, device=query.device, dtype=torch.long)
-        lse_bank, _, _ = contrastive_lse(qn, bn, ql, bl, none, t)
+        lse_bank, _, _ = contrastive_lse(qn, bn, ql, bl, none, t, need_pos=False)
         lse = torch.logaddexp(pos, lse_bank)
     return _out((lse - pos).mean(), query)
 

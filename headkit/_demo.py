@@ -317,12 +317,13 @@ def _plot(reports: dict[str, SweepReport], names: dict[str, str], out_dir: str) 
         return None
     os.makedirs(out_dir, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    longest = max(reports.values(), key=lambda r: len(r.layers))
+    position = {str(layer): i for i, layer in enumerate(longest.layers)}
     for head, rep in reports.items():
-        xs = list(range(len(rep.layers)))
+        xs = [position.get(str(layer), i) for i, layer in enumerate(rep.layers)]
         for ax, m in zip(axes, ("linear", "knn", "spectrum"), strict=True):
             ax.plot(xs, rep.metrics[m], marker="o", label=names[head])
     titles = ("linear-probe accuracy", "kNN accuracy", "spectrum unevenness (Gini)")
-    longest = max(reports.values(), key=lambda r: len(r.layers))
     labels = [
         f"{layer}\n[{longest.roles[str(layer)]}]" if str(layer) in longest.roles else str(layer)
         for layer in longest.layers

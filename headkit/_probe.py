@@ -48,6 +48,13 @@ class Features:
     Attributes:
         feats: ``{layer: (N, D) float32 CPU tensor}`` (memory-mapped when a store was asked for).
         labels: ``(N,)`` int64 labels, or None when the loader yields inputs only.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import Features
+        >>> feats, labels = Features({"layer3": torch.zeros(4, 8)}, torch.arange(4))
+        >>> feats["layer3"].shape
+        torch.Size([4, 8])
     """
 
     feats: dict[LayerSpec, Tensor]
@@ -251,6 +258,14 @@ class ProbeResult(dict[LayerSpec, float]):
     Attributes:
         settings: ``{layer: {"lr": ..., "weight_decay": ...}}``.
         val_accuracy: ``{layer: accuracy on the held-out split with the chosen setting}``.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import linear_probe
+        >>> x = torch.randn(100, 4); y = (x[:, 0] > 0).long()
+        >>> res = linear_probe({"a": x[:80]}, y[:80], {"a": x[80:]}, y[80:], epochs=5)
+        >>> sorted(res.settings["a"])
+        ['lr', 'weight_decay']
     """
 
     settings: dict[LayerSpec, dict[str, float]]
@@ -604,6 +619,13 @@ class Spectrum:
         unevenness: Gini coefficient of ``values``: 0 when every direction carries the same
             variance, towards 1 when one direction carries all of it (the paper's "progressive
             feature weighting" grows it with depth).
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import feature_spectrum
+        >>> s = feature_spectrum(torch.randn(500, 4))
+        >>> s.values.shape, s.unevenness < 0.2
+        (torch.Size([4]), True)
     """
 
     values: Tensor
@@ -667,6 +689,14 @@ class SweepReport:
         dims: feature width per layer.
         spectra: normalised spectra per layer (top 64 values), for plots.
         info: free-form facts about the run (sample counts, settings).
+
+    Example:
+        >>> from headkit import SweepReport
+        >>> r = SweepReport(["layer3", "layer4"], {"linear": [0.81, 0.74]}, roles={"layer4": "pre-projection"})
+        >>> r.best_layer("linear")
+        'layer3'
+        >>> SweepReport.from_json(r.to_json()) == r
+        True
     """
 
     layers: list[LayerSpec]

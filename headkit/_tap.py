@@ -33,6 +33,13 @@ class TapInfo:
         shape: output shape, batch dimension included.
         dtype: output dtype.
         layer: the module name or timm index the tap reads.
+
+    Example:
+        >>> from torch import nn
+        >>> from headkit import feature_info
+        >>> info = feature_info(nn.Sequential(nn.Linear(3, 5)), ["0"], (2, 3))["0"]
+        >>> info.shape, info.dtype
+        ((2, 5), torch.float32)
     """
 
     shape: tuple[int, ...]

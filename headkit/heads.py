@@ -39,9 +39,11 @@ def from_lightly(head: nn.Module) -> MLPHead:
             its hidden widths differ, or its blocks mix norms in a way `MLPHead` cannot express.
 
     Example:
-        >>> from lightly.models.modules import SimCLRProjectionHead  # doctest: +SKIP
-        >>> from headkit.heads import from_lightly  # doctest: +SKIP
-        >>> head = from_lightly(SimCLRProjectionHead(512, 512, 128))  # doctest: +SKIP
+        >>> from lightly.models.modules import SimCLRProjectionHead
+        >>> from headkit.heads import from_lightly
+        >>> head = from_lightly(SimCLRProjectionHead(512, 512, 128))
+        >>> head.output_dim, head.num_layers
+        (128, 2)
     """
     layers = getattr(head, "layers", None)
     name = type(head).__name__

