@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -39,11 +39,10 @@ FeatureDict = Mapping[LayerSpec, Tensor]
 # ----------------------------------------------------------------------------- extraction
 
 
-@dataclass
-class Features:
+class Features(NamedTuple):
     """Per-layer features and labels from `extract_features`.
 
-    Unpacks as ``feats, labels = extract_features(...)``.
+    A named tuple: ``feats, labels = extract_features(...)`` unpacks it.
 
     Attributes:
         feats: ``{layer: (N, D) float32 CPU tensor}`` (memory-mapped when a store was asked for).
@@ -59,10 +58,6 @@ class Features:
 
     feats: dict[LayerSpec, Tensor]
     labels: Tensor | None
-
-    def __iter__(self) -> Iterator[Any]:
-        yield self.feats
-        yield self.labels
 
 
 def _split_batch(batch: Any) -> tuple[Any, Tensor | None]:

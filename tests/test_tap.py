@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import gc
 import io
+import os
 import weakref
 
 import pytest
@@ -466,3 +467,23 @@ def test_tap_on_already_compiled_model_never_silent() -> None:
     with pytest.raises(HeadkitError, match="compiled"), LayerTap(compiled, ["1"]) as tap:
         compiled(x)
         tap.outputs["1"]
+
+
+def test_truncate_under_ddp(tmp_path: os.PathLike[str]) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    init = f"file://{os.path.join(tmp_path, 'init')}"
+    dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    try:
+        model = torchvision.models.resnet18()
+        cut = truncate_at(model, "layer2", pool="avg")
+        ddp = DDP(cut)
+        x = torch.randn(2, 3, 32, 32)
+        out = ddp(x)
+        out.sum().backward()
+        assert out.shape == (2, 128)
+        assert model.layer2[0].conv1.weight.grad is not None  # shared weights
+        torch.testing.assert_close(out, cut(x))
+    finally:
+        dist.destroy_process_group()
