@@ -273,6 +273,14 @@ TRITON_SCRIPT = textwrap.dedent(
             out.append((l.detach(), [None if x is None else x.detach() for x in gs]))
         return out
     a, b = run(True), run(False)
+    # and against the dense reference, which builds the full similarity matrix
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.randn(37, 24, generator=g); z1 = torch.randn(37, 24, generator=g)
+    z = F.normalize(torch.cat([z0, z1]), dim=1)
+    logits = (z @ z.T / 0.3).masked_fill(torch.eye(74, dtype=torch.bool), float("-inf"))
+    dense = F.cross_entropy(logits, torch.cat([torch.arange(37, 74), torch.arange(37)]))
+    torch.testing.assert_close(a[0][0], dense, rtol=2e-5, atol=1e-6)
     for (la, ga), (lb, gb) in zip(a, b):
         torch.testing.assert_close(la, lb, rtol=2e-5, atol=1e-6)
         for x, y in zip(ga, gb):
@@ -292,11 +300,3 @@ def test_triton_kernels_under_interpreter() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "TRITON-INTERPRET-OK" in res.stdout
-
-
-@pytest.mark.gpu
-def test_cuda_matches_cpu() -> None:
-    z0, z1 = torch.randn(300, 128), torch.randn(300, 128)
-    ref = nt_xent(z0.double(), z1.double(), 0.1)
-    out = nt_xent(z0.cuda(), z1.cuda(), 0.1)
-    assert abs(out.item() - ref.item()) < 1e-4
