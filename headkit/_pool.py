@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
+from einops import reduce
 from torch import Tensor, nn
 
 from ._errors import HeadkitError, fmt_shape
@@ -49,7 +50,11 @@ def num_prefix_tokens(model: nn.Module) -> int:
 
 
 def _spatial_mean(t: Tensor) -> Tensor:
-    return t.mean(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t
+    """Mean over every position: ``(B, C, *spatial) -> (B, C)``."""
+    if t.dim() <= 2:
+        return t
+    out: Tensor = reduce(t, "b c ... -> b c", "mean")
+    return out
 
 
 def apply_pool(out: Any, pool: Pool, npt: int, key: object) -> Any:

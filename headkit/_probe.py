@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import HeadkitError, fmt_shape
-from ._model import LayerSpec
+from ._model import LayerSpec, has_index_semantics, num_indices, unwrap
 from ._pool import Pool
 from ._tap import LayerTap
 
@@ -996,8 +996,6 @@ def layer_sweep(
 
 
 def _default_layers(model: nn.Module) -> list[LayerSpec]:
-    from ._model import has_index_semantics, num_indices, unwrap
-
     inner = unwrap(model)
     if has_index_semantics(inner):
         return list(range(num_indices(inner)))

@@ -16,7 +16,8 @@ from torch.utils.hooks import RemovableHandle
 
 from ._errors import HeadkitError, fmt_shape
 from ._model import LayerSpec, is_compiled, resolve, unwrap
-from ._pool import Pool, apply_pool, check_pool, needs_prefix, num_prefix_tokens
+from ._pool import Pool, apply_pool, check_pool, needs_prefix
+from ._pool import num_prefix_tokens as count_prefix_tokens
 
 __all__ = ["LayerTap", "TapInfo", "feature_info"]
 
@@ -137,7 +138,7 @@ class LayerTap:
         self.detach = bool(detach)
         self.stop_early = bool(stop_early)
         self.npt = (
-            num_prefix_tokens if num_prefix_tokens is not None else num_prefix_tokens_of(self.inner)
+            num_prefix_tokens if num_prefix_tokens is not None else count_prefix_tokens(self.inner)
         )
         self.specs = specs
         self._targets: list[tuple[LayerSpec, int | str]] = []
@@ -446,10 +447,6 @@ def strip_tap_hooks(model: nn.Module) -> None:
             for hid, fn in list(hooks.items()):
                 if getattr(fn, "_headkit_tap", False):
                     del hooks[hid]
-
-
-def num_prefix_tokens_of(model: nn.Module) -> int:
-    return num_prefix_tokens(model)
 
 
 def _detach(out: Any) -> Any:
