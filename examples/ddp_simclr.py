@@ -10,6 +10,7 @@ gradients, training follows one process on the concatenated batch.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -75,3 +76,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # leave without running C++ static destructors: gloo's worker threads can abort the process
+    # at interpreter exit (a known teardown race), which would turn a good run into a failure
+    sys.stdout.flush()
+    os._exit(0)

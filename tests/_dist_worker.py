@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -20,6 +24,20 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
 
 
 def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Run one rank; exit through ``os._exit`` so gloo's thread teardown cannot abort the process."""
+    code = 1
+    try:
+        _run(rank, world, init_file, out_dir)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         x0, x1, enc = make_data()
@@ -39,5 +57,6 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             },
             f"{out_dir}/rank{rank}.pt",
         )
+        dist.barrier()
     finally:
         dist.destroy_process_group()
