@@ -6,6 +6,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
+
 
 def bench(fn: Callable[[], object], repeat: int = 7, warmup: int = 2) -> float:
     """Median wall time of ``fn`` in seconds."""
@@ -30,3 +33,12 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7) -> dict[s
             fn()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def dense_nt_xent(z0: torch.Tensor, z1: torch.Tensor, t: float = 0.5) -> torch.Tensor:
+    """The plain dense NT-Xent: one (2N, 2N) logits matrix and a cross-entropy."""
+    n = z0.shape[0]
+    z = F.normalize(torch.cat([z0, z1]), dim=1)
+    logits = (z @ z.T / t).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, target)

@@ -18,21 +18,12 @@ import weakref
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import interleaved
+from _util import dense_nt_xent, interleaved
 
 from headkit.ops import nt_xent
-
-
-def dense_nt_xent(z0: torch.Tensor, z1: torch.Tensor, t: float = 0.5) -> torch.Tensor:
-    n = z0.shape[0]
-    z = F.normalize(torch.cat([z0, z1]), dim=1)
-    logits = (z @ z.T / t).fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, target)
 
 
 class PeakMemory(TorchDispatchMode):
@@ -114,38 +105,9 @@ def main() -> None:
                 f"{n:>6} {k:>8} {t[k] * 1e3:9.1f} {t[k] / t['lightly']:13.3f} {mem[k] / 2**20:10.2f} {mem[k] / mem['lightly']:13.4f}"
             )
     if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        print(
-            f"\nCUDA: {torch.cuda.get_device_name(dev)}, d = {args.dim}, float32 (Triton path vs dense)"
-        )
-        print(f"{'N':>6} {'impl':>8} {'ms':>9} {'time/dense':>11} {'peak MiB':>10}")
-        for n in args.cuda_sizes:
-            z0 = torch.randn(n, args.dim, device=dev, requires_grad=True)
-            z1 = torch.randn(n, args.dim, device=dev, requires_grad=True)
-            res = {}
-            for k, f in (("dense", dense_nt_xent), ("headkit", lambda a, b: nt_xent(a, b, 0.5))):
-                try:
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    step(f, z0, z1)
-                    torch.cuda.synchronize()
-                    peak = torch.cuda.max_memory_allocated() - base
-                    start, end = (
-                        torch.cuda.Event(enable_timing=True),
-                        torch.cuda.Event(enable_timing=True),
-                    )
-                    start.record()
-                    for _ in range(5):
-                        step(f, z0, z1)
-                    end.record()
-                    torch.cuda.synchronize()
-                    res[k] = (start.elapsed_time(end) / 5, peak)
-                except torch.OutOfMemoryError:
-                    res[k] = (float("nan"), float("nan"))
-                    torch.cuda.empty_cache()
-            for k, (ms, peak) in res.items():
-                print(f"{n:>6} {k:>8} {ms:9.2f} {ms / res['dense'][0]:11.3f} {peak / 2**20:10.1f}")
+        from gpu_check import bench as cuda_bench
+
+        cuda_bench(args.cuda_sizes)
 
 
 if __name__ == "__main__":

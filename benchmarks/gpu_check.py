@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_losses import dense_nt_xent
+from _util import dense_nt_xent
 
 from headkit._contrastive import _use_triton
 from headkit.ops import info_nce, nt_xent, reweight_normalize, sup_con
