@@ -342,7 +342,7 @@ class LayerTap:
             (2, 8)
         """
         self._check_open()
-        meta_model = _meta_copy(self.inner)
+        meta_model = copy_module_tree(self.inner, meta=True)
         tap = LayerTap(
             meta_model,
             self.specs,
@@ -461,14 +461,21 @@ def _detach(out: Any) -> Any:
     return out
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
+def copy_module_tree(model: nn.Module, *, meta: bool = False) -> nn.Module:
+    """Copy the module tree without copying weights and without this module's tap hooks.
+
+    With ``meta=False`` the copy shares every parameter and buffer (the same tensors); with
+    ``meta=True`` they are replaced by empty meta tensors (for dry runs).
+    """
     memo: dict[int, Any] = {}
     for p in model.parameters():
-        memo[id(p)] = nn.Parameter(
-            torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
+        memo[id(p)] = (
+            nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            if meta
+            else p
         )
     for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
+        memo[id(b)] = torch.empty_like(b, device="meta") if meta else b
     clone = copy.deepcopy(model, memo)
     strip_tap_hooks(clone)
     return clone

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 from collections import OrderedDict
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 from ._errors import HeadkitError
 from ._model import LayerSpec, resolve, unwrap
 from ._pool import Pool, apply_pool, check_pool, needs_prefix, num_prefix_tokens
-from ._tap import strip_tap_hooks
+from ._tap import copy_module_tree
 
 __all__ = ["truncate_at"]
 
@@ -41,15 +40,6 @@ class _PoolModule(nn.Module):
 
     def forward(self, x: Any) -> Any:
         return apply_pool(x, self.pool, self.npt, self.key)
-
-
-def _shared_copy(model: nn.Module) -> nn.Module:
-    """Copy the module tree, sharing every parameter and buffer (same tensors)."""
-    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
-    memo.update({id(t): t for t in model.buffers()})
-    clone = copy.deepcopy(model, memo)
-    strip_tap_hooks(clone)
-    return clone
 
 
 class _TimmTruncated(nn.Module):
@@ -257,7 +247,7 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
     npt = num_prefix_tokens(inner)
     out: nn.Module | None = None
     if isinstance(target, int):
-        tc: Any = _shared_copy(inner)
+        tc: Any = copy_module_tree(inner)
         tc.prune_intermediate_layers(indices=[target], prune_norm=True, prune_head=True)
         tc.__class__ = _swapped_class(_TimmTruncated, type(inner))
         tc._hk_index = target
@@ -292,7 +282,7 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
                 gm.recompile()
             out = gm
         else:
-            clone: Any = _shared_copy(inner)
+            clone: Any = copy_module_tree(inner)
             base = type(inner)
             if cuts is not None:  # traced, but the code depends on train/eval: prune by use
                 used = {

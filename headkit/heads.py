@@ -14,10 +14,6 @@ from ._heads import PRESETS, MLPHead, ReweightHead
 __all__ = ["PRESETS", "MLPHead", "ReweightHead", "from_lightly"]
 
 
-def _copy_module(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module)
-
-
 def from_lightly(head: nn.Module) -> MLPHead:
     """Convert a lightly head instance, weights and buffers included, into an `MLPHead`.
 
@@ -112,7 +108,7 @@ def from_lightly(head: nn.Module) -> MLPHead:
         raise HeadkitError(f"cannot convert {name}: the linear layers mix biases irregularly")
     first = blocks[0][0]
     act = acts[0] if acts else None
-    act_layer = functools.partial(_copy_module, act) if act is not None else nn.ReLU
+    act_layer = functools.partial(copy.deepcopy, act) if act is not None else nn.ReLU
     out = MLPHead(
         first.in_features,
         hidden.pop() if hidden else blocks[-1][0].out_features,
