@@ -415,8 +415,9 @@ def linear_probe(
     Example:
         >>> import torch
         >>> from headkit.probe import linear_probe
-        >>> x = torch.randn(200, 5); y = (x[:, 0] > 0).long()
-        >>> acc = linear_probe({"a": x[:150]}, y[:150], {"a": x[150:]}, y[150:], epochs=20)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(400, 5, generator=g); y = (x[:, 0] > 0).long()
+        >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:], epochs=50)
         >>> acc["a"] > 0.9
         True
     """
