@@ -80,7 +80,10 @@ class LayerTap:
       matching module, each keyed by its name.
     - an int, for models with timm's contract: index ``i`` returns exactly
       ``model.forward_intermediates(x, indices=[i], intermediates_only=True)[0]`` (negative
-      indices count from the end). Ints are for ``tap(x)``, not for the context manager.
+      indices count from the end). In a ``with`` block, ``model(x)`` of a timm model is run as
+      ``model.forward_head(final)`` with ``final, intermediates = model.forward_intermediates(x,
+      indices, intermediates_only=False)``: the same output as ``model.forward(x)`` (checked on
+      every timm family) with the indexed intermediates recorded on the way.
 
     Hooks are registered when the tap is built (so a tap set up before ``torch.compile`` is
     traced with no graph break) and removed by ``close()``, on leaving the ``with`` block, and
@@ -150,6 +153,8 @@ class LayerTap:
         self._state = _TapState(self._names, self.detach)
         self._handles: list[RemovableHandle] = []
         self._outputs = _Outputs(self)
+        self._patched: nn.Module | None = None
+        self._saved_forward: Any = None
         modules = dict(self.inner.named_modules())
         for name in self._names:
             self._handles.append(modules[name].register_forward_hook(_make_hook(self._state, name)))
@@ -194,30 +199,85 @@ class LayerTap:
             self._state.active = was_active
             self.clear()
 
+    def _index_options(self, fi: Any, *, only: bool) -> dict[str, Any]:
+        params = inspect.signature(fi).parameters
+        opts: dict[str, Any] = {"indices": list(self._indices), "intermediates_only": only}
+        if "stop_early" in params:
+            # the final features need every block; tap(x) alone may stop after the last index
+            opts["stop_early"] = only and self.stop_early and not self._names
+        if needs_prefix(self.pool) and "return_prefix_tokens" in params:
+            opts["return_prefix_tokens"] = True
+        return opts
+
     def _run_indices(
         self, model: nn.Module, x: Any, *args: Any, **kwargs: Any
     ) -> dict[int | str, Any]:
         fi: Any = model.forward_intermediates
-        params = inspect.signature(fi).parameters
-        opts: dict[str, Any] = {"indices": list(self._indices), "intermediates_only": True}
-        if "stop_early" in params:
-            opts["stop_early"] = self.stop_early and not self._names
-        if needs_prefix(self.pool) and "return_prefix_tokens" in params:
-            opts["return_prefix_tokens"] = True
+        opts = self._index_options(fi, only=True)
         self._state.in_forward = True
         try:
             outs = fi(x, *args, **kwargs, **opts)
         finally:
             self._state.in_forward = False
-        if not isinstance(outs, (list, tuple)) or len(outs) != len(self._indices):
-            raise HeadkitError(
-                f"{type(model).__name__}.forward_intermediates returned "
-                f"{len(outs) if isinstance(outs, (list, tuple)) else type(outs).__name__} outputs "
-                f"for indices {self._indices}"
+        return dict(
+            zip(
+                self._indices,
+                _index_outputs(self.inner, self._indices, self.detach, outs),
+                strict=True,
             )
-        if self.detach:
-            outs = [_detach(o) for o in outs]
-        return dict(zip(self._indices, outs, strict=True))
+        )
+
+    def _patch_forward(self) -> None:
+        """Context mode with int indices: run ``model(x)`` through ``forward_intermediates``."""
+        model = self.inner
+        names = [model.feature_info[i]["module"] for i in self._indices]  # type: ignore[index]
+        if self.compiled:
+            raise HeadkitError(
+                f"int layer indices {self._indices} in a with-block need to run the model's "
+                "forward_intermediates, which a compiled model cannot switch to; call tap(x), or "
+                f"use module names, e.g. {names}"
+            )
+        if not callable(getattr(model, "forward_head", None)):
+            raise HeadkitError(
+                f"int layer indices {self._indices} in a with-block need timm's forward_head on "
+                f"{type(model).__name__}; call tap(x), or use module names, e.g. {names}"
+            )
+        if getattr(model.__dict__.get("forward"), "_headkit_tap", False):
+            raise HeadkitError(
+                f"another LayerTap with int indices is already recording {type(model).__name__} "
+                "in a with-block; tap all the indices with one LayerTap"
+            )
+        fi: Any = model.forward_intermediates
+        head: Any = model.forward_head
+        opts = self._index_options(fi, only=False)
+        state = self._state  # the closure holds the state, not the tap
+        indices = list(self._indices)
+        detach = self.detach
+
+        def forward(x: Any) -> Any:
+            final, outs = fi(x, **opts)
+            if state.active and not state.closed:
+                outs = _index_outputs(model, indices, detach, outs)
+                state.index_store.update(zip(indices, outs, strict=True))
+            return head(final)
+
+        self._saved_forward = model.__dict__.get("forward")
+        model.forward = _mark(forward)
+        self._patched = model
+        # so that running only part of the model (forward_features) is reported, not ignored
+        for child in model.children():
+            self._handles.append(child.register_forward_pre_hook(_make_ran_hook(state)))
+
+    def _unpatch_forward(self) -> None:
+        model = self._patched
+        if model is None:
+            return
+        self._patched = None
+        if self._saved_forward is None:
+            model.__dict__.pop("forward", None)
+        else:
+            model.forward = self._saved_forward
+        self._saved_forward = None
 
     def _finish(self, key: LayerSpec, target: int | str, out: Any) -> Any:
         if (
@@ -244,6 +304,11 @@ class LayerTap:
                 " The model is compiled: hooks added after its first compiled call never fire in "
                 "PyTorch. Build the LayerTap before torch.compile, or call tap(x)."
             )
+        if any(isinstance(t, int) and str(t) in missing for _, t in self._targets):
+            hint += (
+                " In a with-block, int indices are recorded by model(x) (its forward), not by "
+                "forward_features or other methods."
+            )
         return HeadkitError(
             f"LayerTap: tapped layer(s) {missing} never ran in the forward of "
             f"{type(self.inner).__name__}.{hint}"
@@ -253,11 +318,7 @@ class LayerTap:
     def __enter__(self) -> LayerTap:
         self._check_open()
         if self._indices:
-            raise HeadkitError(
-                f"int layer indices {self._indices} work with tap(x), which calls "
-                "forward_intermediates; in a with-block use module names, e.g. "
-                f"{[self.inner.feature_info[i]['module'] for i in self._indices]}"  # type: ignore[index]
-            )
+            self._patch_forward()
         self._state.active = True
         return self
 
@@ -267,9 +328,12 @@ class LayerTap:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        fired_any = bool(self._state.counts) or bool(self._store)
+        st = self._state
+        fired_any = bool(st.counts or st.store or st.index_store or st.any_ran)
         missing = [n for n in self._names if n not in self._store]
+        missing += [str(i) for i in self._indices if i not in self._state.index_store]
         self._state.active = False
+        self._unpatch_forward()
         self.close()
         if exc_type is None and missing and (fired_any or self.compiled):
             raise self._never_ran(missing)
@@ -283,6 +347,8 @@ class LayerTap:
         for key, target in self._targets:
             if isinstance(target, str) and target in self._store:
                 self._outputs[key] = self._finish(key, target, self._store[target])
+            elif isinstance(target, int) and target in self._state.index_store:
+                self._outputs[key] = self._finish(key, target, self._state.index_store[target])
         return self._outputs
 
     def _missing_error(self, key: LayerSpec) -> Exception:
@@ -298,6 +364,8 @@ class LayerTap:
     def clear(self) -> None:
         """Drop every recorded tensor."""
         self._store.clear()
+        self._state.index_store.clear()
+        self._state.any_ran = False
         self._state.versions.clear()
         self._state.counts.clear()
         self._outputs.clear()
@@ -307,6 +375,7 @@ class LayerTap:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._unpatch_forward()
         self.clear()
         self._state.closed = True
 
@@ -388,6 +457,8 @@ class _TapState:
         self.names = names
         self.detach = detach
         self.store: dict[str, Any] = {}
+        self.index_store: dict[int, Any] = {}  # int taps recorded in a with-block
+        self.any_ran = False  # some submodule ran inside the with-block
         self.versions: dict[str, int] = {}
         self.counts: dict[str, int] = {}
         self.in_forward = False
@@ -407,6 +478,14 @@ def _make_root_pre(state: _TapState) -> Callable[[nn.Module, Any], None]:
         state.counts.clear()
 
     return _mark(root_pre)  # type: ignore[no-any-return]
+
+
+def _make_ran_hook(state: _TapState) -> Callable[[nn.Module, Any], None]:
+    def ran(module: nn.Module, args: Any) -> None:
+        if state.active:
+            state.any_ran = True
+
+    return _mark(ran)  # type: ignore[no-any-return]
 
 
 def _make_root_post(state: _TapState) -> Callable[[nn.Module, Any, Any], None]:
@@ -438,6 +517,16 @@ def _make_hook(state: _TapState, name: str) -> Callable[[nn.Module, Any, Any], N
             raise _StopForward
 
     return _mark(hook)  # type: ignore[no-any-return]
+
+
+def _index_outputs(model: nn.Module, indices: list[int], detach: bool, outs: Any) -> list[Any]:
+    if not isinstance(outs, (list, tuple)) or len(outs) != len(indices):
+        got = len(outs) if isinstance(outs, (list, tuple)) else type(outs).__name__
+        raise HeadkitError(
+            f"{type(model).__name__}.forward_intermediates returned {got} outputs for indices "
+            f"{indices}"
+        )
+    return [_detach(o) for o in outs] if detach else list(outs)
 
 
 def strip_tap_hooks(model: nn.Module) -> None:

@@ -422,7 +422,49 @@ def test_errors_are_precise() -> None:
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
     with pytest.raises(HeadkitError, match=r"valid indices are -2\.\.1"):
         LayerTap(vit, [5])
-    with pytest.raises(HeadkitError, match="forward_intermediates"), LayerTap(vit, [1]):
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"]
+)
+def test_int_indices_in_a_with_block(name: str, timm_cache: dict[str, nn.Module]) -> None:
+    model = get_timm(name, timm_cache)
+    x = timm_input(model)
+    n = len(model.feature_info)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        full = model(x)
+    stage = model.feature_info[1]["module"]
+    with LayerTap(model, [0, -1, stage]) as tap:  # ints mixed with a module name
+        y = model(x)
+        assert torch.equal(y, full)  # the user's forward gives the same output
+        assert torch.equal(tap.outputs[0], ref[0]) and torch.equal(tap.outputs[-1], ref[n - 1])
+        assert set(tap.outputs) == {0, -1, stage}
+        y.sum().backward()  # gradients flow through the recorded forward
+    assert "forward" not in model.__dict__  # the model's own forward is back
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    # a method that bypasses model(x) is reported, not silently empty
+    with (
+        pytest.raises(HeadkitError, match=r"\['1'\] never ran.*model\(x\)"),
+        LayerTap(model, [1]),
+        torch.no_grad(),
+    ):
+        model.forward_features(x)
+    # one LayerTap per model records int indices in a with-block
+    with LayerTap(model, [1]), pytest.raises(HeadkitError, match="already recording"):
+        LayerTap(model, [0]).__enter__()
+    assert "forward" not in model.__dict__
+
+
+def test_int_indices_in_a_with_block_on_a_compiled_model(
+    timm_cache: dict[str, nn.Module],
+) -> None:
+    compiled = torch.compile(get_timm("resnet18", timm_cache), backend="eager")
+    with (
+        pytest.raises(HeadkitError, match=r"compiled.*tap\(x\).*'layer1'"),
+        LayerTap(compiled, [1]),
+    ):
         pass
 
 
