@@ -61,11 +61,12 @@ def apply_pool(out: Any, pool: Pool, npt: int, key: object) -> Any:
     """Pool one tapped output.
 
     ``out`` is a tensor (``(B, C, H, W)`` maps, ``(B, T, C)`` tokens, ``(B, C)`` vectors) or, for
-    timm ViTs asked for prefix tokens, a ``(spatial NCHW, prefix (B, P, C))`` pair.
+    timm ViTs asked for prefix tokens (an int ``key``), a ``(spatial NCHW, prefix (B, P, C))``
+    pair. A named module's output is never read as such a pair: it is returned raw.
     """
+    pair = isinstance(key, int) and isinstance(out, tuple) and _is_prefix_pair(out)
     if pool is None:
-        return out[0] if isinstance(out, tuple) and _is_prefix_pair(out) else out
-    pair = isinstance(out, tuple) and _is_prefix_pair(out)
+        return out[0] if pair else out
     if callable(pool):
         return pool(out[0] if pair else out)
     if not pair and not isinstance(out, Tensor):

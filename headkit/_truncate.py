@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,30 +88,91 @@ def _swapped_class(mixin: type[nn.Module], base: type[nn.Module]) -> type:
 
 
 class _LeafTracer(torch.fx.Tracer):
-    def __init__(self, target: str) -> None:
+    """Traces with the cut target and the given modules as leaves; notes which module failed."""
+
+    def __init__(self, target: str, leaves: set[str]) -> None:
         super().__init__()
         self.target = target
+        self.leaves = leaves
+        self.failed: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name == self.target:
+        if module_qualified_name == self.target or module_qualified_name in self.leaves:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:  # the innermost module whose forward could not be traced
+                self.failed = self.path_of_module(m)
+            raise
 
-def _fx_cut(model: nn.Module, target: str) -> torch.fx.GraphModule | None:
-    graph = _LeafTracer(target).trace(model)
-    nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
-    if len(nodes) != 1:
-        return None
+
+def _within(name: str, ancestor: str) -> bool:
+    return name == ancestor or name.startswith(ancestor + ".")
+
+
+def _trace(model: nn.Module, target: str) -> torch.fx.Graph | None:
+    """Trace ``model`` with ``target`` as a leaf; a submodule whose forward cannot be traced
+    (data-dependent control flow) becomes a leaf too, with the other modules of its class.
+    None when the model's own forward cannot be traced."""
+    leaves: set[str] = set()
+    modules = dict(model.named_modules())
+    # optional arguments take their defaults, as in cut(x): a proxy for `mask=None` would take
+    # the `mask is not None` branch
+    concrete = {
+        name: p.default
+        for name, p in inspect.signature(model.forward).parameters.items()
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    for _ in range(len(modules) + 1):
+        tracer = _LeafTracer(target, leaves)
+        try:
+            return tracer.trace(model, concrete_args=concrete or None)
+        except Exception:
+            failed = tracer.failed
+            if not failed or failed in leaves or failed == target:
+                return None
+            leaves.add(failed)
+            cls = type(modules[failed])
+            leaves.update(
+                n
+                for n, m in modules.items()
+                if type(m) is cls and n and n != target and not _within(target, n)
+            )
+    return None
+
+
+def _cut_node(graph: torch.fx.Graph, target: str) -> tuple[torch.fx.Node | None, bool]:
+    """The first node that computes ``target`` (or the leaf that holds it), and whether it is
+    ``target`` itself and the only call of it."""
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    exact = [n for n in calls if n.target == target]
+    if exact:
+        return exact[0], len(exact) == 1
+    holder = [n for n in calls if _within(target, str(n.target))]
+    return (holder[0] if holder else None), False
+
+
+def _fx_cut(model: nn.Module, graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.GraphModule:
     out = next(n for n in graph.nodes if n.op == "output")
-    out.args = (nodes[0],)
+    out.args = (node,)
     # shape asserts after the cut (torch._assert is impure) would keep later layers alive
     after = False
-    for node in list(graph.nodes):
-        if node is nodes[0]:
+    for n in list(graph.nodes):
+        if n is node:
             after = True
-        elif after and node.op == "call_function" and node.target is torch._assert:
-            graph.erase_node(node)
+        elif after and n.op == "call_function" and n.target is torch._assert:
+            graph.erase_node(n)
     gm = torch.fx.GraphModule(model, graph, class_name=f"Truncated{type(model).__name__}")
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
@@ -119,18 +181,39 @@ def _fx_cut(model: nn.Module, target: str) -> torch.fx.GraphModule | None:
     return gm
 
 
-def _fx_cuts(model: nn.Module, target: str) -> list[torch.fx.GraphModule] | None:
-    """The graph cut at ``target`` traced in train and in eval mode (None if untraceable)."""
+def _used_before(graph: torch.fx.Graph, node: torch.fx.Node) -> set[str]:
+    """Modules and attributes the forward reaches up to ``node`` (in execution order)."""
+    used: set[str] = set()
+    for n in graph.nodes:
+        if n.op in ("call_module", "get_attr"):
+            used.add(str(n.target))
+        if n is node:
+            break
+    return used
+
+
+def _fx_route(model: nn.Module, target: str) -> torch.fx.GraphModule | set[str] | None:
+    """The exact FX graph cut at ``target`` when it is the same in train and eval mode; else
+    the set of modules the forward uses up to the cut in either mode (to prune the rest); None
+    when the model's forward cannot be traced."""
     was_training = model.training
     try:
-        cuts: list[torch.fx.GraphModule] = []
+        graphs: list[tuple[torch.fx.Graph, torch.fx.Node, bool]] = []
         for mode in (True, False):
             model.train(mode)
-            gm = _fx_cut(model, target)
-            if gm is None:
+            graph = _trace(model, target)
+            if graph is None:
                 return None
-            cuts.append(gm)
-        return cuts
+            node, exact = _cut_node(graph, target)
+            if node is None:
+                return None
+            graphs.append((graph, node, exact))
+        used = set().union(*(_used_before(g, n) for g, n, _ in graphs))
+        if all(exact for _, _, exact in graphs):
+            cuts = [_fx_cut(model, g, n) for g, n, _ in graphs]
+            if cuts[0].code == cuts[1].code:
+                return cuts[1]
+        return used
     except Exception:
         return None
     finally:
@@ -204,9 +287,13 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
        tree, then ``forward_intermediates(..., stop_early=True)``;
     2. an ``nn.Sequential`` cut at a top-level child: the prefix of its children;
     3. a torch.fx graph cut (torch.fx directly, no torchvision), used when the traced graph is the
-       same in train and eval mode;
-    4. otherwise a copy of the module tree whose forward stops at the layer through a hook (the
-       compute after the cut is skipped; its parameters stay referenced).
+       same in train and eval mode; submodules whose forward cannot be traced (data-dependent
+       control flow) are kept whole as leaves of the graph;
+    4. otherwise a copy of the module tree whose forward stops at the layer through a hook. The
+       modules the traced forward reaches only after the cut are removed (the layer lies inside
+       an untraceable leaf, or the graph differs between train and eval mode); when the model's
+       own forward cannot be traced, the compute after the cut is skipped but its parameters
+       stay referenced.
 
     State dicts use the original keys: the truncated module's keys are a subset of the model's,
     and ``load_state_dict`` accepts a full-model checkpoint (keys of the removed part are dropped,
@@ -270,9 +357,9 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
             seq.add_module("headkit_pool", _PoolModule(pool, npt, key))
         out = seq
     else:
-        cuts = _fx_cuts(inner, target)
-        gm = cuts[1] if cuts is not None and cuts[0].code == cuts[1].code else None
-        if gm is not None:
+        route = _fx_route(inner, target)
+        if isinstance(route, torch.fx.GraphModule):
+            gm = route
             if pool is not None:
                 gm.add_submodule("headkit_pool", _PoolModule(pool, npt, key))
                 node_out = next(n for n in gm.graph.nodes if n.op == "output")
@@ -284,14 +371,8 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
         else:
             clone: Any = copy_module_tree(inner)
             base = type(inner)
-            if cuts is not None:  # traced, but the code depends on train/eval: prune by use
-                used = {
-                    str(n.target)
-                    for g in cuts
-                    for n in g.graph.nodes
-                    if n.op in ("call_module", "get_attr")
-                }
-                _prune_unused(clone, used)
+            if route is not None:  # traced, but not to one exact graph: prune what is not used
+                _prune_unused(clone, route)
             clone.get_submodule(target).register_forward_hook(_stop_hook)
             clone.__class__ = _swapped_class(_HookTruncated, base)
             clone._hk_pool = pool

@@ -215,6 +215,70 @@ def test_untraceable_model_hook_fallback() -> None:
     assert model(x).shape == (4, 3)
 
 
+class Gated(nn.Module):
+    """A block whose own forward has data-dependent control flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inner(x)
+        if h.mean() > 0:  # data-dependent
+            h = -h
+        return self.out(h)
+
+
+class PartlyTraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.aux = nn.Linear(6, 8)  # runs before the cut, used only after it
+        self.gated = nn.Sequential(Gated(), Gated())
+        self.mid = nn.Linear(8, 8)
+        self.tail = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.aux(x)
+        h = self.mid(self.gated(self.stem(x)))
+        if scale is not None:  # optional argument: traced with its default
+            h = h * scale
+        return self.tail(h + a)
+
+
+@pytest.mark.parametrize("layer", ["mid", "gated.1", "gated.1.inner"])
+def test_untraceable_submodules_are_kept_whole_and_the_rest_is_dropped(layer: str) -> None:
+    model = PartlyTraceable()
+    x = torch.randn(4, 6)
+    cut = truncate_at(model, layer)
+    ran_tail: list[int] = []
+    model.tail.register_forward_hook(lambda *a: ran_tail.append(1))
+    torch.testing.assert_close(cut(x), LayerTap(model, [layer])(x)[layer])
+    assert not ran_tail
+    names = {n for n, _ in cut.named_parameters()}
+    assert not any(n.startswith("tail.") for n in names)  # neither held nor computed
+    assert {"stem.weight", "gated.0.inner.weight"} <= names
+    assert storages(cut) <= storages(model)
+    # a full checkpoint still loads
+    fresh = PartlyTraceable()
+    cut.load_state_dict(fresh.state_dict())
+    torch.testing.assert_close(cut(x), LayerTap(fresh, [layer])(x)[layer])
+
+
+def test_named_module_with_tuple_output_is_returned_raw() -> None:
+    class Pair(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x.view(2, 4, 2, 2), x.view(2, 1, 16)  # looks like timm's (NCHW, prefix) pair
+
+    model = nn.Sequential(nn.Identity(), Pair())
+    x = torch.randn(2, 16)
+    out = LayerTap(model, ["1"])(x)["1"]
+    assert isinstance(out, tuple) and len(out) == 2
+    got = truncate_at(model, "1")(x)
+    assert isinstance(got, tuple) and all(torch.equal(a, b) for a, b in zip(got, out, strict=True))
+
+
 def test_state_dict_roundtrip_and_full_checkpoint() -> None:
     model = torchvision.models.resnet18()
     cut = truncate_at(model, "layer2")
