@@ -153,8 +153,8 @@ class LayerTap:
         self._state = _TapState(self._names, self.detach)
         self._handles: list[RemovableHandle] = []
         self._outputs = _Outputs(self)
-        self._patched: nn.Module | None = None
-        self._saved_forward: Any = None
+        self._patched = False  # inner.forward replaced for int indices in a with-block
+        self._saved_forward: Any = None  # an instance-level forward it replaced, if any
         modules = dict(self.inner.named_modules())
         for name in self._names:
             self._handles.append(modules[name].register_forward_hook(_make_hook(self._state, name)))
@@ -263,20 +263,19 @@ class LayerTap:
 
         self._saved_forward = model.__dict__.get("forward")
         model.forward = _mark(forward)
-        self._patched = model
+        self._patched = True
         # so that running only part of the model (forward_features) is reported, not ignored
         for child in model.children():
             self._handles.append(child.register_forward_pre_hook(_make_ran_hook(state)))
 
     def _unpatch_forward(self) -> None:
-        model = self._patched
-        if model is None:
+        if not self._patched:
             return
-        self._patched = None
+        self._patched = False
         if self._saved_forward is None:
-            model.__dict__.pop("forward", None)
+            self.inner.__dict__.pop("forward", None)
         else:
-            model.forward = self._saved_forward
+            self.inner.forward = self._saved_forward
         self._saved_forward = None
 
     def _finish(self, key: LayerSpec, target: int | str, out: Any) -> Any:
@@ -330,11 +329,10 @@ class LayerTap:
     ) -> None:
         st = self._state
         fired_any = bool(st.counts or st.store or st.index_store or st.any_ran)
-        missing = [n for n in self._names if n not in self._store]
-        missing += [str(i) for i in self._indices if i not in self._state.index_store]
-        self._state.active = False
-        self._unpatch_forward()
-        self.close()
+        missing = [n for n in self._names if n not in st.store]
+        missing += [str(i) for i in self._indices if i not in st.index_store]
+        st.active = False
+        self.close()  # removes the hooks and restores a patched forward
         if exc_type is None and missing and (fired_any or self.compiled):
             raise self._never_ran(missing)
 

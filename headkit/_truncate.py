@@ -208,6 +208,7 @@ def _fx_route(model: nn.Module, target: str) -> torch.fx.GraphModule | set[str] 
             if node is None:
                 return None
             graphs.append((graph, node, exact))
+        # before _fx_cut, which cuts the graphs in place and drops what does not feed the cut
         used = set().union(*(_used_before(g, n) for g, n, _ in graphs))
         if all(exact for _, _, exact in graphs):
             cuts = [_fx_cut(model, g, n) for g, n, _ in graphs]
@@ -240,7 +241,7 @@ def _prune_unused(model: nn.Module, used: set[str]) -> None:
     """
 
     def needed(path: str) -> bool:
-        return any(u == path or u.startswith(path + ".") or path.startswith(u + ".") for u in used)
+        return any(_within(u, path) or _within(path, u) for u in used)
 
     for path, module in list(model.named_modules()):
         if path and not needed(path):
