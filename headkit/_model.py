@@ -14,7 +14,7 @@ import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,12 @@ from torch import Tensor, nn
 from ._errors import HeadkitError, closest
 
 __all__ = [
+    "Call",
     "LayerSpec",
     "LoadReport",
+    "Target",
     "block_lists",
+    "channel_hint",
     "check_module",
     "default_layers",
     "has_index_semantics",
@@ -32,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "num_indices",
     "num_prefix_tokens",
+    "parse_targets",
     "resolve",
     "unwrap",
     "wrappers",
@@ -276,6 +280,82 @@ def resolve(model: nn.Module, spec: object) -> list[tuple[LayerSpec, int | str]]
     return [(spec, table[name])]
 
 
+Call = int | Literal["all"] | None
+_SUFFIX = re.compile(r"^(?P<name>.+?)(?P<pre>:in)?(?:@(?P<call>-?\d+|\*))?\Z")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One resolved tap: where it reads and which call of the module.
+
+    Attributes:
+        key: the output key (the spec as given, or the matched name for a glob).
+        index: a timm index (``forward_intermediates``), or None for a module.
+        name: the real module name, or None for an index.
+        pre: read the module's input (a forward-pre tap) instead of its output.
+        call: which call of a module that runs several times in one forward: an int (negative
+            counts from the end), ``"all"`` (a list of every call), or None (the module must run
+            once).
+    """
+
+    key: LayerSpec
+    index: int | None = None
+    name: str | None = None
+    pre: bool = False
+    call: Call = None
+
+    @property
+    def slot(self) -> tuple[str, bool]:
+        """``(module name, pre)``: what a hook records."""
+        assert self.name is not None
+        return (self.name, self.pre)
+
+    def describe(self) -> str:
+        if self.index is not None:
+            return f"index {self.index}"
+        where = f"the input of {self.name!r}" if self.pre else repr(self.name)
+        if self.call is None:
+            return where
+        return f"{where} (call {self.call})"
+
+
+def _check_call(call: object, where: str) -> Call:
+    if call is None or call == "all":
+        return call
+    if isinstance(call, bool) or not isinstance(call, int):
+        raise HeadkitError(
+            f"{where}: call must be None, an int (negative from the end) or 'all', got {call!r}"
+        )
+    return call
+
+
+def parse_targets(model: nn.Module, spec: object, call: object = None) -> list[Target]:
+    """Expand one layer spec into `Target`s.
+
+    Spec strings: ``"name"`` (the module's output), ``"name:in"`` (its input, a forward-pre tap:
+    the value of a non-module op such as a residual add, read where the next module receives
+    it), ``"name@k"`` (call ``k`` of a module that runs several times; ``-1`` the last),
+    ``"name@*"`` (every call, as a list), combinable (``"name:in@-1"``) and with globs. ``call``
+    is the default for specs without ``@``.
+    """
+    default = _check_call(call, "LayerTap")
+    if isinstance(spec, str) and spec not in module_names(model):
+        m = _SUFFIX.match(spec)
+        if m and (m.group("pre") or m.group("call") is not None):
+            c = m.group("call")
+            chosen: Call = default if c is None else ("all" if c == "*" else int(c))
+            out = []
+            for key, name in resolve(model, m.group("name")):
+                k = spec if key == m.group("name") else f"{key}{spec[len(m.group('name')) :]}"
+                out.append(Target(k, name=str(name), pre=bool(m.group("pre")), call=chosen))
+            return out
+    pairs = resolve(model, spec)
+    return [
+        Target(k, index=t, call=None) if isinstance(t, int) else Target(k, name=t, call=default)
+        for k, t in pairs
+    ]
+
+
 # ----------------------------------------------------------------------------- prefix tokens
 
 # parameter / buffer names (last segment) that hold prefix tokens, and how many each holds
@@ -385,6 +465,66 @@ def num_prefix_tokens(model: nn.Module, layer: str | None = None) -> int | None:
         if _has_tokens(sub, skip):
             return _count_in(sub, skip)
     return 0
+
+
+# ----------------------------------------------------------------------------- layouts
+
+_FIRST = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+)
+_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
+
+
+def channel_hint(module: nn.Module, *, pre: bool = False) -> tuple[str, int] | None:
+    """Where the channels of ``module``'s output probably are, from its last weight layer:
+    ``("first", C)`` after a conv / batch norm (``(B, C, L)``, ``(B, C, H, W)``), ``("last", C)``
+    after a linear / layer norm (``(B, T, C)`` tokens, ``(B, H, W, C)`` maps as in Swin), or
+    None. With ``pre=True``, for the module's input, from its first weight layer. A hint only:
+    the pooling checks it against the output's shape."""
+    last: nn.Module | None = None
+    for m in module.modules():
+        if isinstance(m, _FIRST + _LAST) and any(True for _ in m.parameters(recurse=False)):
+            last = m
+            if pre:
+                break
+    if last is None:
+        return None
+    if pre:
+        if isinstance(
+            last, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+        ):
+            return ("first", int(last.in_channels))
+        if isinstance(last, nn.Linear):
+            return ("last", int(last.in_features))
+        if isinstance(last, nn.Embedding):
+            return None
+    if isinstance(last, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        return ("first", int(last.out_channels))
+    if isinstance(
+        last, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d)
+    ):
+        return ("first", int(last.num_features))
+    if isinstance(last, nn.GroupNorm):
+        return ("first", int(last.num_channels))
+    if isinstance(last, nn.Linear):
+        return ("last", int(last.out_features))
+    if isinstance(last, nn.LayerNorm):
+        return ("last", int(last.normalized_shape[-1]))
+    if isinstance(last, nn.Embedding):
+        return ("last", int(last.embedding_dim))
+    if isinstance(last, nn.MultiheadAttention):
+        return ("last", int(last.embed_dim))
+    return None
 
 
 # ----------------------------------------------------------------------------- block lists
@@ -829,7 +969,9 @@ def load_checkpoint(
             sd[ck[len(chosen) :]] = v
         else:
             skipped.append(k)
-    dropped = set(getattr(inner, "headkit_dropped_keys", ()))
+    from ._truncate import Truncated  # a cut: the keys of its removed part are skipped
+
+    dropped = set(inner.dropped_keys) if isinstance(inner, Truncated) else set()
     unexpected = sorted(k for k in sd if k not in own and k not in dropped)
     cut_skipped = sorted(k for k in sd if k not in own and k in dropped)
     missing = [

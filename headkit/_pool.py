@@ -1,17 +1,25 @@
-"""Pooling of tapped outputs and the model facts it needs."""
+"""Pooling of tapped outputs: which element, which layout, which tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from einops import reduce
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._errors import HeadkitError, fmt_shape
 
-__all__ = ["POOLS", "Pool", "apply_pool", "check_pool", "needs_prefix", "num_prefix_tokens"]
+__all__ = [
+    "POOLS",
+    "Pool",
+    "PoolContext",
+    "apply_pool",
+    "check_pool",
+    "needs_prefix",
+    "pick_tensor",
+]
 
 PoolName = Literal["avg", "flatten", "cls", "mean", "cls+mean"]
 Pool = PoolName | Callable[[Tensor], Tensor] | None
@@ -34,92 +42,214 @@ def needs_prefix(pool: Pool) -> bool:
     return pool in ("cls", "cls+mean")
 
 
-def num_prefix_tokens(model: nn.Module) -> int | None:
-    """Number of prefix tokens of a token model (see `headkit._model.num_prefix_tokens`)."""
-    from ._model import num_prefix_tokens as count
+@dataclass
+class PoolContext:
+    """What the pooling of one output needs to know about the call and the layer.
 
-    return count(model)
+    Attributes:
+        npt: prefix tokens (class / distillation / register) at the start of the layer's token
+            outputs; None when they cannot be known (``"mean"`` then refuses to guess).
+        mask: the ``(B, T)`` ``attention_mask`` passed with the call, if any.
+        batch: the batch size of the call (to tell ``(T, B, C)`` outputs from ``(B, T, C)``).
+        text: the call passed ``input_ids`` (position 0 is the tokenizer's ``[CLS]`` / BOS).
+        pad_id: the model's ``pad_token_id`` (to refuse averaging padding without a mask).
+        input_ids: the ``input_ids`` of the call (only read when no mask was passed).
+        hint: ``("first" | "last", C)`` channel position from the layer's last weight layer.
+    """
+
+    npt: int | None = 0
+    mask: Tensor | None = None
+    batch: int | None = None
+    text: bool = False
+    pad_id: int | None = None
+    input_ids: Tensor | None = None
+    hint: tuple[str, int] | None = None
 
 
-def _spatial_mean(t: Tensor) -> Tensor:
-    """Mean over every position: ``(B, C, *spatial) -> (B, C)``."""
-    if t.dim() <= 2:
+def pick_tensor(out: Any) -> tuple[Any, str | None]:
+    """The tensor a pool reads from a module's output, and a note when it is not the output
+    itself: the first element of a tuple (Hugging Face blocks), the first tensor of a mapping
+    (``ModelOutput``'s ``last_hidden_state``)."""
+    if isinstance(out, Tensor):
+        return out, None
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0], f"element 0 of a {type(out).__name__} of {len(out)}"
+    if isinstance(out, Mapping):
+        for k, v in out.items():
+            if isinstance(v, Tensor):
+                return v, f"{k!r} of a {type(out).__name__}"
+    return out, None
+
+
+def _is_prefix_pair(out: Any) -> bool:
+    return (
+        isinstance(out, tuple)
+        and len(out) == 2
+        and all(isinstance(t, Tensor) for t in out)
+        and out[1].dim() == 3
+    )
+
+
+def _batch_first(t: Tensor, ctx: PoolContext, key: object) -> Tensor:
+    """``(T, B, C)`` outputs (``batch_first=False`` transformers) turned to ``(B, T, C)``."""
+    b = ctx.batch
+    if b is None or t.dim() < 2 or t.shape[0] == b:
         return t
-    out: Tensor = reduce(t, "b c ... -> b c", "mean")
-    return out
+    if t.shape[1] == b:
+        return t.transpose(0, 1)
+    raise HeadkitError(
+        f"layer {key!r} gives {fmt_shape(t.shape)}, and neither of its first two dimensions is the "
+        f"batch size {b} of the input; pool it yourself (pool=callable or pool=None)"
+    )
 
 
-def apply_pool(out: Any, pool: Pool, npt: int | None, key: object) -> Any:
+def _layout(t: Tensor, ctx: PoolContext) -> str:
+    """``"tokens"`` (B, T, C), ``"ncl"`` (B, C, L), ``"nchw"`` or ``"nhwc"`` (or ``"vec"``)."""
+    if t.dim() <= 2:
+        return "vec"
+    hint = ctx.hint
+    if t.dim() == 3:
+        if hint and hint[0] == "first" and t.shape[1] == hint[1] and t.shape[2] != hint[1]:
+            return "ncl"
+        return "tokens"
+    if hint and hint[0] == "last" and t.shape[-1] == hint[1] and t.shape[1] != hint[1]:
+        return "nhwc"
+    return "nchw"
+
+
+def _spatial_mean(t: Tensor, layout: str) -> Tensor:
+    if layout == "nhwc":
+        return t.mean(dim=tuple(range(1, t.dim() - 1)))
+    return t.mean(dim=tuple(range(2, t.dim())))
+
+
+def _token_mask(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor | None:
+    """The ``(B, T)`` float mask of real tokens of a token output, or None (all real)."""
+    if ctx.mask is None:
+        if ctx.text and ctx.pad_id is not None and ctx.input_ids is not None:
+            ids = ctx.input_ids
+            if ids.dim() == 2 and ids.shape[1] == t.shape[1] and bool((ids == ctx.pad_id).any()):
+                raise HeadkitError(
+                    f"pool={pool!r}: the input_ids hold padding (pad_token_id={ctx.pad_id}) but no "
+                    "attention_mask was passed; pass the tokenizer's attention_mask with the "
+                    "inputs (tap(**inputs)) so the padding is left out of the mean"
+                )
+        return None
+    mask = ctx.mask
+    if mask.dim() != 2:
+        raise HeadkitError(
+            f"pool={pool!r}: attention_mask must be (B, T), got {fmt_shape(mask.shape)}"
+        )
+    if tuple(mask.shape) != tuple(t.shape[:2]):
+        raise HeadkitError(
+            f"pool={pool!r}: attention_mask {fmt_shape(mask.shape)} does not fit the tokens of "
+            f"layer {key!r} {fmt_shape(t.shape)}; pool that layer yourself (pool=callable)"
+        )
+    return mask.to(device=t.device, dtype=t.dtype)
+
+
+def _masked_mean(t: Tensor, m: Tensor | None) -> Tensor:
+    if m is None:
+        return t.mean(1)
+    w = m.unsqueeze(-1)
+    return (t * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def apply_pool(out: Any, pool: Pool, key: object, ctx: PoolContext | None = None) -> Any:
     """Pool one tapped output.
 
-    ``out`` is a tensor (``(B, C, H, W)`` maps, ``(B, T, C)`` tokens, ``(B, C)`` vectors) or, for
-    timm ViTs asked for prefix tokens (an int ``key``), a ``(spatial NCHW, prefix (B, P, C))``
-    pair. A named module's output is never read as such a pair: it is returned raw.
+    ``out`` is a tensor (``(B, C, H, W)`` / ``(B, H, W, C)`` maps, ``(B, T, C)`` or ``(T, B, C)``
+    tokens, ``(B, C, L)`` sequences, ``(B, C)`` vectors), a tuple or mapping whose first tensor
+    is pooled (Hugging Face blocks), or, for timm ViTs asked for prefix tokens (an int ``key``),
+    a ``(spatial NCHW, prefix (B, P, C))`` pair.
     """
-    pair = isinstance(key, int) and isinstance(out, tuple) and _is_prefix_pair(out)
+    ctx = ctx or PoolContext()
+    pair = isinstance(key, int) and _is_prefix_pair(out)
     if pool is None:
         return out[0] if pair else out
+    if pair:
+        return _pool_pair(out, pool)
+    t, _ = pick_tensor(out)
     if callable(pool):
-        return pool(out[0] if pair else out)
-    if not pair and not isinstance(out, Tensor):
+        return pool(t)
+    if not isinstance(t, Tensor):
         raise HeadkitError(
             f"layer {key!r} returned a {type(out).__name__}, not a tensor; pool={pool!r} needs a "
             "tensor (pass pool=callable to pick from it)"
         )
-    if pool == "avg":
-        t = out[0] if pair else out
-        if t.dim() == 3:
-            return t.mean(1)
-        return _spatial_mean(t)
+    t = _batch_first(t, ctx, key)
+    layout = _layout(t, ctx)
     if pool == "flatten":
-        t = out[0] if pair else out
         return t.flatten(1)
-    cls = _cls(out, pair, key, pool) if pool in ("cls", "cls+mean") else None
+    if layout == "vec":
+        if pool in ("avg", "mean"):
+            return t
+        raise HeadkitError(
+            f"pool={pool!r} needs token outputs (B, T, C), but layer {key!r} gives "
+            f"{fmt_shape(t.shape)}"
+        )
+    if layout != "tokens":
+        if pool in ("avg", "mean"):
+            return _spatial_mean(t, layout)
+        raise HeadkitError(
+            f"pool={pool!r} needs token outputs (B, T, C), but layer {key!r} gives "
+            f"{fmt_shape(t.shape)} ({'channels first' if layout != 'nhwc' else 'channels last'}); "
+            "use pool='avg' for feature maps"
+        )
+    if pool == "avg":
+        return _masked_mean(t, _token_mask(t, ctx, key, pool))
+    cls = _cls(t, ctx, key, pool) if pool in ("cls", "cls+mean") else None
     if pool == "cls":
         return cls
-    mean = _patch_mean(out, pair, npt, key, pool)
+    mean = _patch_mean(t, ctx, key, pool)
     if pool == "mean":
         return mean
     assert cls is not None
     return torch.cat([cls, mean], dim=-1)
 
 
-def _is_prefix_pair(out: tuple[Any, ...]) -> bool:
-    return len(out) == 2 and all(isinstance(t, Tensor) for t in out) and out[1].dim() == 3
-
-
-def _cls(out: Any, pair: bool, key: object, pool: str) -> Tensor:
-    if pair:
-        prefix: Tensor = out[1]
-        if prefix.shape[1] == 0:
-            raise HeadkitError(f"pool={pool!r}: layer {key!r} has no class token")
+def _pool_pair(out: tuple[Tensor, Tensor], pool: Pool) -> Tensor:
+    spatial, prefix = out
+    if callable(pool):
+        return pool(spatial)
+    if pool == "flatten":
+        return spatial.flatten(1)
+    mean = spatial.mean(dim=tuple(range(2, spatial.dim())))
+    if pool in ("avg", "mean"):
+        return mean
+    if prefix.shape[1] == 0:
+        raise HeadkitError(f"pool={pool!r}: the model has no class token")
+    if pool == "cls":
         return prefix[:, 0]
-    t: Tensor = out
-    if t.dim() != 3:
+    return torch.cat([prefix[:, 0], mean], dim=-1)
+
+
+def _unknown_prefix(t: Tensor, key: object, pool: str) -> HeadkitError:
+    return HeadkitError(
+        f"pool={pool!r}: cannot tell how many prefix (class / register) tokens the output of "
+        f"layer {key!r} {fmt_shape(t.shape)} starts with; pass num_prefix_tokens= (0 if none)"
+    )
+
+
+def _cls(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor:
+    if ctx.npt is None and not ctx.text:
+        raise _unknown_prefix(t, key, pool)
+    if ctx.npt == 0 and not ctx.text:
         raise HeadkitError(
-            f"pool={pool!r} needs token outputs (B, T, C), but layer {key!r} gives "
-            f"{fmt_shape(t.shape)}; use pool='avg' for feature maps"
+            f"pool={pool!r}: the tokens of layer {key!r} {fmt_shape(t.shape)} have no class token "
+            "(the model has no prefix tokens); use pool='mean', or pass num_prefix_tokens= if "
+            "the first token is one"
         )
     return t[:, 0]
 
 
-def _patch_mean(out: Any, pair: bool, npt: int | None, key: object, pool: str) -> Tensor:
-    t: Tensor = out[0] if pair else out
-    if pair or t.dim() == 4:
-        return _spatial_mean(t)
-    if t.dim() == 3:
-        if npt is None:
-            raise HeadkitError(
-                f"pool={pool!r}: cannot tell how many prefix (class / register) tokens the "
-                f"output of layer {key!r} {fmt_shape(t.shape)} starts with; pass "
-                "num_prefix_tokens= (0 if there are none)"
-            )
-        if t.shape[1] <= npt:
-            raise HeadkitError(
-                f"pool={pool!r}: layer {key!r} has {t.shape[1]} tokens, all of them prefix tokens"
-            )
-        return t[:, npt:].mean(1)
-    raise HeadkitError(
-        f"pool={pool!r} needs token outputs (B, T, C) or maps (B, C, H, W), layer {key!r} gives "
-        f"{fmt_shape(t.shape)}"
-    )
+def _patch_mean(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor:
+    npt = ctx.npt
+    if npt is None:
+        raise _unknown_prefix(t, key, pool)
+    mask = _token_mask(t, ctx, key, pool)
+    if t.shape[1] <= npt:
+        raise HeadkitError(
+            f"pool={pool!r}: layer {key!r} has {t.shape[1]} tokens, all of them prefix tokens"
+        )
+    return _masked_mean(t[:, npt:], None if mask is None else mask[:, npt:])

@@ -1,9 +1,11 @@
-"""`LayerTap`: any layer of any encoder as the representation."""
+"""`LayerTap`: any layer of any encoder as the representation, without changing the model."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,15 +17,294 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ._errors import HeadkitError, fmt_shape
-from ._model import LayerSpec, check_module, is_compiled, resolve, unwrap
-from ._pool import Pool, apply_pool, check_pool, needs_prefix
-from ._pool import num_prefix_tokens as count_prefix_tokens
+from ._fx import call_counts
+from ._model import (
+    Call,
+    LayerSpec,
+    Target,
+    channel_hint,
+    check_module,
+    is_compiled,
+    num_prefix_tokens,
+    parse_targets,
+    unwrap,
+    wrappers,
+)
+from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix, pick_tensor
 
-__all__ = ["LayerTap", "TapInfo", "feature_info"]
+__all__ = ["LayerTap", "TapInfo", "copy_module_tree", "feature_info", "strip_tap_hooks"]
+
+Slot = tuple[str, bool]  # (module name, pre)
+
+# call counts of tapped modules seen in complete forwards, per module object: lets tap(x) stop
+# early after the right call of a module, and know that a module runs once
+_CALLS: weakref.WeakKeyDictionary[nn.Module, dict[bool, int]] = weakref.WeakKeyDictionary()
 
 
 class _StopForward(Exception):
-    """Raised by the last hook to end a forward early (caught by `LayerTap.__call__`)."""
+    """Raised by a hook to end a forward early (caught by `LayerTap`)."""
+
+
+def _in_backward() -> bool:
+    """True during an activation-checkpoint recompute (inside the backward pass)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_autograd_node() is not None
+
+
+# ----------------------------------------------------------------------------- hooks
+# Hooks are instances of module-level classes: a model pickles while a tap is open. A copy of a
+# hook (copy.deepcopy of the model, pickle, torch.save) is an inert hook that never records
+# into the tap and never changes the copy's output.
+
+
+class _Inert:
+    """What a tap hook becomes in a copied or unpickled model: does nothing."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "headkit inert hook (a copy of a LayerTap hook)"
+
+
+class _TapHook:
+    """Base of the tap hooks: copies and pickles as `_Inert`."""
+
+    state: _TapState
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Inert:
+        return _Inert()
+
+    def __copy__(self) -> _Inert:
+        return _Inert()
+
+    def __reduce__(self) -> tuple[type[_Inert], tuple[()]]:
+        return (_Inert, ())
+
+
+class _Enter(_TapHook):
+    """Forward-pre hook on the root and every ancestor of a tapped module: a forward begins
+    when the first of them is entered (per-forward call counts reset)."""
+
+    def __init__(self, state: _TapState, root: bool) -> None:
+        self.state = state
+        self.root = root
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        st = self.state
+        if st.closed or not st.active or _in_backward():
+            return
+        if st.depth == 0:
+            st.begin(module, args, kwargs, self.root)
+        st.depth += 1
+
+
+class _Exit(_TapHook):
+    """Forward hook (``always_call``) paired with `_Enter`."""
+
+    def __init__(self, state: _TapState) -> None:
+        self.state = state
+
+    def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
+        st = self.state
+        if st.closed or not st.active or _in_backward() or st.depth == 0:
+            return
+        st.depth -= 1
+        if st.depth == 0:
+            st.end(aborted=sys.exc_info()[0] is not None)
+
+
+class _Record(_TapHook):
+    """Forward hook that records a module's output."""
+
+    def __init__(self, state: _TapState, slot: Slot) -> None:
+        self.state = state
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
+        st = self.state
+        if st.closed or not st.active or _in_backward():
+            return
+        st.record(self.slot, out)
+
+
+class _RecordPre(_TapHook):
+    """Forward-pre hook that records a module's input (its first positional argument, else its
+    first tensor keyword argument)."""
+
+    def __init__(self, state: _TapState, slot: Slot, clone: bool) -> None:
+        self.state = state
+        self.slot = slot
+        self.clone = clone
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        st = self.state
+        if st.closed or not st.active or _in_backward():
+            return
+        value: Any = (
+            args[0] if args else next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
+        )
+        if value is None:
+            raise HeadkitError(
+                f"LayerTap: {self.slot[0]!r} was called without an input to read (no positional "
+                "argument and no tensor keyword argument)"
+            )
+        if self.clone and isinstance(value, Tensor):
+            value = value.clone()  # the module changes its input in place
+        st.record(self.slot, value)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class _TapState:
+    """What the hooks share; the hooks hold this, not the tap, so a dropped tap is collected."""
+
+    def __init__(self, tap: LayerTap) -> None:
+        self.modules: dict[Slot, nn.Module] = {}
+        self.detach = tap.detach
+        self.closed = False
+        self.active = False
+        self.depth = 0
+        self.stopping = False  # tap(x): raise _StopForward once every target is complete
+        self.no_stop = False  # set when a stop would lose gradients (reentrant checkpoint)
+        # a full forward that only learns call counts: keep copies, as a stopped forward would
+        # return the values before any later in-place change
+        self.clone = False
+        self.grad_at_start = False
+        self.root_ran = False
+        self.any_ran = False
+        self.completed = False  # the last forward ran to its end
+        self.counts: dict[Slot, int] = {}
+        self.values: dict[Slot, dict[int, Any]] = {}
+        self.versions: dict[tuple[Slot, int], int] = {}
+        self.suspects: set[Slot] = set()
+        # what to keep per slot: every call, or these call indices
+        self.keep_all: set[Slot] = set()
+        self.keep: dict[Slot, set[int]] = {}
+        self.once: set[Slot] = set()  # call=None: a second call is an error
+        self.need: dict[Slot, int] = {}  # tap(x): calls needed before stopping
+        # the call
+        self.batch: int | None = None
+        self.mask: Tensor | None = None
+        self.input_ids: Tensor | None = None
+        self.text = False
+        self.mask_names: tuple[bool, bool] = (False, False)
+        self.signature: inspect.Signature | None = None
+
+    def clear(self) -> None:
+        self.counts.clear()
+        self.values.clear()
+        self.versions.clear()
+        self.suspects.clear()
+        self.root_ran = False
+        self.any_ran = False
+        self.completed = False
+        self.batch = None
+        self.mask = None
+        self.input_ids = None
+        self.text = False
+
+    def begin(self, module: nn.Module, args: Any, kwargs: Any, root: bool) -> None:
+        self.clear()
+        self.root_ran = root
+        self.grad_at_start = torch.is_grad_enabled()
+        self.batch = _batch_size(args, kwargs)
+        if root:
+            self._capture(args, kwargs)
+
+    def _capture(self, args: Any, kwargs: dict[str, Any]) -> None:
+        has_mask, has_ids = self.mask_names
+        if not (has_mask or has_ids):
+            return
+        bound: dict[str, Any] = dict(kwargs)
+        if args and self.signature is not None:
+            with contextlib.suppress(TypeError):
+                bound = dict(self.signature.bind_partial(*args, **kwargs).arguments)
+        mask = bound.get("attention_mask")
+        self.mask = mask if isinstance(mask, Tensor) else None
+        ids = bound.get("input_ids")
+        self.input_ids = ids if isinstance(ids, Tensor) else None
+        self.text = self.input_ids is not None
+
+    def end(self, aborted: bool) -> None:
+        if aborted or not self.root_ran:
+            return
+        self.completed = True
+        for slot, module in self.modules.items():
+            calls = _CALLS.setdefault(module, {})
+            calls[slot[1]] = self.counts.get(slot, 0)
+
+    def record(self, slot: Slot, out: Any) -> None:
+        self.any_ran = True
+        n = self.counts.get(slot, 0)
+        self.counts[slot] = n + 1
+        if n >= 1 and slot in self.once and self.depth > 0:
+            raise _ran_twice(slot, n + 1)
+        if slot not in self.keep_all and n not in self.keep.get(slot, ()):
+            return
+        if self.detach:
+            out = _detach(out)
+        elif self.grad_at_start and not torch.is_grad_enabled():
+            # reentrant activation checkpointing (or a no_grad block inside the model): the
+            # output may carry no gradient; checked when it is read (a checkpointed block's own
+            # output gets its gradient when the checkpoint returns: never stop, never copy)
+            self.suspects.add(slot)
+            self.no_stop = True
+        if self.clone and slot not in self.suspects:
+            out = _map_tensors(out, torch.Tensor.clone)
+        self.values.setdefault(slot, {})[n] = out
+        t, _ = pick_tensor(out)
+        if isinstance(t, Tensor) and not torch.compiler.is_compiling() and not t.is_inference():
+            self.versions[(slot, n)] = t._version
+        if self.stopping and not self.no_stop and self._complete():
+            raise _StopForward
+
+    def _complete(self) -> bool:
+        return all(self.counts.get(s, 0) >= n for s, n in self.need.items())
+
+
+def _ran_twice(slot: Slot, n: int) -> HeadkitError:
+    name, pre = slot
+    what = f"{name}:in" if pre else name
+    return HeadkitError(
+        f"LayerTap: module {name!r} ran {n} times in one forward (a shared or weight-tied "
+        f"module), and the tap did not say which call to read. Choose one: call=0 (the first), "
+        f"call=-1 (the last), call='all' (a list of every call), or per layer '{what}@-1' / "
+        f"'{what}@*'"
+    )
+
+
+def _batch_size(args: Any, kwargs: dict[str, Any]) -> int | None:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, Tensor) and v.dim() >= 1:
+            return int(v.shape[0])
+    return None
+
+
+def _map_tensors(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(out, Tensor):
+        return fn(out)
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return type(out)(*(_map_tensors(o, fn) for o in out))
+    if isinstance(out, tuple):
+        return tuple(_map_tensors(o, fn) for o in out)
+    if isinstance(out, list):
+        return [_map_tensors(o, fn) for o in out]
+    if isinstance(out, dict):
+        d = copy.copy(out)
+        for k, v in out.items():
+            d[k] = _map_tensors(v, fn)
+        return d
+    return out
+
+
+def _detach(out: Any) -> Any:
+    return _map_tensors(out, torch.Tensor.detach)
+
+
+# ----------------------------------------------------------------------------- public types
 
 
 @dataclass(frozen=True)
@@ -31,9 +312,13 @@ class TapInfo:
     """Shape and dtype of one tap, from a dry run on the meta device.
 
     Attributes:
-        shape: output shape, batch dimension included.
+        shape: output shape, batch dimension included (of the pooled output when pooled).
         dtype: output dtype.
         layer: the module name or timm index the tap reads.
+        element: which part of a module output that is not a tensor was read, e.g.
+            ``"element 0 of a tuple of 2"`` (Hugging Face blocks), or None.
+        num_prefix_tokens: the prefix tokens a token pool skips at this layer (None: unknown).
+        pre: the tap reads the module's input (a ``"name:in"`` spec).
 
     Example:
         >>> from torch import nn
@@ -46,6 +331,9 @@ class TapInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     layer: int | str
+    element: str | None = None
+    num_prefix_tokens: int | None = None
+    pre: bool = False
 
 
 class _Outputs(dict[LayerSpec, Any]):
@@ -63,44 +351,69 @@ class _Outputs(dict[LayerSpec, Any]):
 
 
 class LayerTap:
-    """Read any layer of any encoder (timm, torchvision, lightly, custom) as a representation.
+    """Read any layer of any encoder (timm, torchvision, Hugging Face, open_clip, lightly,
+    custom) as a representation, without changing the model.
 
-    Two uses:
+    Three uses:
 
-    - ``tap(x)`` runs the forward and returns ``{spec: output}`` keyed by the specs as given;
-      with ``stop_early=True`` the forward stops after the deepest tapped layer.
+    - ``tap(*args, **kwargs)`` runs the model with exactly those arguments (``tap(x)``,
+      ``tap(**inputs)``, ``tap(pixel_values=x)``) and returns ``{spec: output}`` keyed by the
+      specs as given; with ``stop_early=True`` the forward stops after the last tapped call.
+    - ``out, feats = tap.run(*args, **kwargs)``: the model's own output and the taps, from one
+      full forward (timm int indices included: ``forward_head(forward_intermediates(...))``,
+      bit-identical to ``model(x)``).
     - ``with LayerTap(model, ["layer3"]) as tap: model(x)`` records during the user's own
       forward into ``tap.outputs``.
 
     Layer specs:
 
-    - a str: a dotted module name as in ``model.named_modules()`` (a DDP ``module.`` prefix is
-      accepted either way); the output is the raw output of that module. A glob (``"layer*"``,
-      ``"blocks.*"``; ``*`` stays within one name segment, ``**`` crosses them) expands to every
-      matching module, each keyed by its name.
+    - a str: a dotted module name as in ``model.named_modules()`` (a DDP ``module.`` prefix
+      and FSDP's inserted names are accepted either way); its output as the module returns it.
+      A glob (``"layer*"``, ``"blocks.*"``; ``*`` stays within one name segment, ``**``
+      crosses them) expands to every matching module, each keyed by its name.
+      ``"name:in"`` reads the module's input (a forward-pre tap): the value of an operation
+      that is not a module, such as a ViT block's residual sum, read where the next module
+      receives it (``"blocks.3.norm2:in"`` is ``x + attn(norm1(x))``).
+      ``"name@k"`` reads call ``k`` of a module that runs several times in one forward (ALBERT's
+      shared layer, a weight-tied block; negative from the end), ``"name@*"`` every call as a
+      list.
     - an int, for models with timm's contract: index ``i`` returns exactly
       ``model.forward_intermediates(x, indices=[i], intermediates_only=True)[0]`` (negative
-      indices count from the end). In a ``with`` block, ``model(x)`` of a timm model is run as
-      ``model.forward_head(final)`` with ``final, intermediates = model.forward_intermediates(x,
-      indices, intermediates_only=False)``: the same output as ``model.forward(x)`` (checked on
-      every timm family) with the indexed intermediates recorded on the way.
+      indices count from the end). ``model(x)`` does not run ``forward_intermediates``, so ints
+      work in ``tap(x)`` and ``tap.run(x)``, not in a ``with`` block.
 
-    Hooks are registered when the tap is built (so a tap set up before ``torch.compile`` is
-    traced with no graph break) and removed by ``close()``, on leaving the ``with`` block, and
-    on exceptions. Nothing is kept after ``tap(x)`` returns, after ``clear()`` or after exit.
-    A tapped module that runs twice in one forward raises instead of being overwritten; a
-    tapped module that never ran raises an error naming it.
+    A module that runs several times in one forward raises (naming the count) unless ``call=``
+    or ``@`` says which call to read, in every use. ``tap(x)`` learns how often a tapped module
+    runs from its first complete forward (kept per module) and stops early from then on.
+
+    Wrappers: ``tap(x)`` on a DDP model runs DDP's own forward bookkeeping around the (early
+    stopped) forward, so gradients of a loss on the taps are synchronised across ranks (DDP
+    needs ``find_unused_parameters=True`` for a loss on a lower layer; without it ``tap(x)``
+    raises instead of leaving gradients unsynchronised). FSDP models run the whole forward
+    through FSDP. A compiled model runs eagerly in ``tap(x)``.
+
+    Hooks are instances of module-level classes, registered when the tap is built (so a tap set
+    up before ``torch.compile`` is traced with no graph break) and removed by ``close()``, on
+    leaving the ``with`` block, and on exceptions. ``copy.deepcopy``, pickling or ``torch.save``
+    of the model while a tap is open give a model whose copies of the hooks are inert: they never
+    record into the tap and never change its output. Nothing is kept after ``tap(x)`` returns,
+    after ``clear()`` or after exit.
 
     Args:
-        model: the encoder (``torch.compile``, DDP and DataParallel wrappers are unwrapped;
-            ``tap(x)`` on a compiled model runs the original module eagerly).
+        model: the encoder (``torch.compile``, DDP, DataParallel and FSDP wrappers are seen
+            through).
         layers: list of layer specs (a single spec is accepted too).
         pool: None (raw), ``"avg"`` (mean over spatial or token positions), ``"flatten"``,
             ``"cls"`` (class token), ``"mean"`` (patch tokens only: prefix / register tokens
-            excluded using the model's ``num_prefix_tokens``), ``"cls+mean"``, or a callable.
+            excluded, their number read from the model), ``"cls+mean"``, or a callable. Token
+            means honour the ``attention_mask`` passed with the call. Outputs that are tuples or
+            ``ModelOutput``s are pooled on their first tensor (`feature_info` says so).
         detach: record without autograd history. Otherwise gradients flow through the outputs.
-        stop_early: stop the forward after the last tapped layer in ``tap(x)``.
-        num_prefix_tokens: override the number of prefix tokens ``"mean"`` skips.
+        stop_early: stop the forward after the last tapped call in ``tap(x)``.
+        num_prefix_tokens: the number of prefix tokens ``"mean"`` skips, where the model does
+            not say (it is read from the model otherwise).
+        call: which call of a module that runs several times to read, for specs without ``@``:
+            None (it must run once), an int (negative from the end) or ``"all"``.
 
     Shapes:
         ``tap(x)`` -> dict of tensors: ``(B, C, H, W)`` / ``(B, T, C)`` raw, ``(B, C)`` pooled.
@@ -113,10 +426,10 @@ class LayerTap:
         >>> out = LayerTap(net, ["1"])(torch.randn(2, 8))
         >>> out["1"].shape
         torch.Size([2, 16])
-        >>> with LayerTap(net, ["0"]) as tap:
+        >>> with LayerTap(net, ["0", "2:in"]) as tap:
         ...     _ = net(torch.randn(2, 8))
-        ...     tap.outputs["0"].shape
-        torch.Size([2, 16])
+        ...     tap.outputs["0"].shape, tap.outputs["2:in"].shape
+        (torch.Size([2, 16]), torch.Size([2, 16]))
     """
 
     def __init__(
@@ -128,184 +441,417 @@ class LayerTap:
         detach: bool = False,
         stop_early: bool = True,
         num_prefix_tokens: int | None = None,
+        call: Call = None,
     ) -> None:
         model = check_module(model, "LayerTap")
         specs: list[LayerSpec] = [layers] if isinstance(layers, (int, str)) else list(layers)
         if not specs:
             raise HeadkitError("LayerTap needs at least one layer spec, got an empty list")
+        if num_prefix_tokens is not None and (
+            isinstance(num_prefix_tokens, bool)
+            or not isinstance(num_prefix_tokens, int)
+            or num_prefix_tokens < 0
+        ):
+            raise HeadkitError(
+                f"num_prefix_tokens must be a non-negative int or None, got {num_prefix_tokens!r}"
+            )
         self.model = model
         self.inner = unwrap(model)
+        self.wrappers = wrappers(model)
         self.compiled = is_compiled(model) or (self.inner is not model and is_compiled(self.inner))
         self.pool = check_pool(pool)
         self.detach = bool(detach)
         self.stop_early = bool(stop_early)
-        self.npt = (
-            num_prefix_tokens if num_prefix_tokens is not None else count_prefix_tokens(self.inner)
-        )
+        self.npt_override = num_prefix_tokens
+        self.call = call
         self.specs = specs
-        self._targets: list[tuple[LayerSpec, int | str]] = []
+        self.targets: list[Target] = []
         for spec in specs:
-            self._targets.extend(resolve(self.inner, spec))
-        self.keys: list[LayerSpec] = list(dict.fromkeys(k for k, _ in self._targets))
-        self._names = sorted({t for _, t in self._targets if isinstance(t, str)})
-        self._indices = sorted({t for _, t in self._targets if isinstance(t, int)})
-        self._state = _TapState(self._names, self.detach)
+            self.targets.extend(parse_targets(self.inner, spec, call))
+        self.keys: list[LayerSpec] = list(dict.fromkeys(t.key for t in self.targets))
+        self._indices = sorted({t.index for t in self.targets if t.index is not None})
+        self._slots: list[Slot] = list(
+            dict.fromkeys(t.slot for t in self.targets if t.index is None)
+        )
+        self._state = _TapState(self)
         self._handles: list[RemovableHandle] = []
         self._outputs = _Outputs(self)
-        self._patched = False  # inner.forward replaced for int indices in a with-block
-        self._saved_forward: Any = None  # an instance-level forward it replaced, if any
+        self._ctx_cache: dict[LayerSpec, tuple[int | None, tuple[str, int] | None]] = {}
+        self._traced = False
         modules = dict(self.inner.named_modules())
-        for name in self._names:
-            self._handles.append(modules[name].register_forward_hook(_make_hook(self._state, name)))
-        if self._names:
-            self._handles.append(self.inner.register_forward_pre_hook(_make_root_pre(self._state)))
-            self._handles.append(self.inner.register_forward_hook(_make_root_post(self._state)))
+        st = self._state
+        for slot in self._slots:
+            st.modules[slot] = modules[slot[0]]
+        self._plan_keep()
+        params = _signature_params(self.inner)
+        st.mask_names = ("attention_mask" in params, "input_ids" in params)
+        if any(st.mask_names):
+            with contextlib.suppress(TypeError, ValueError):
+                st.signature = inspect.signature(self.inner.forward)
+        cfg: Any = getattr(self.inner, "config", None)
+        pad = getattr(cfg, "pad_token_id", None)
+        self._pad_id = pad if isinstance(pad, int) else None
+        if self._slots:
+            self._register(modules)
 
-    @property
-    def _store(self) -> dict[str, Any]:
-        return self._state.store
+    # ------------------------------------------------------------------ hooks
+    def _register(self, modules: dict[str, nn.Module]) -> None:
+        st = self._state
+        ancestors: dict[str, None] = {"": None}
+        for name, _ in self._slots:
+            parts = name.split(".")
+            for d in range(1, len(parts) + 1):
+                ancestors[".".join(parts[:d])] = None
+        for name in ancestors:
+            self._handles.append(
+                modules[name].register_forward_pre_hook(
+                    _Enter(st, root=name == ""), with_kwargs=True
+                )
+            )
+        for slot in self._slots:
+            name, pre = slot
+            m = modules[name]
+            if pre:
+                hook = _RecordPre(st, slot, clone=bool(getattr(m, "inplace", False)))
+                self._handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                self._handles.append(m.register_forward_hook(_Record(st, slot)))
+        for name in ancestors:
+            self._handles.append(modules[name].register_forward_hook(_Exit(st), always_call=True))
+
+    def _plan_keep(self) -> None:
+        """Which calls of each slot the hooks keep (for every use)."""
+        st = self._state
+        st.keep_all.clear()
+        st.keep.clear()
+        st.once.clear()
+        for t in self.targets:
+            if t.index is not None:
+                continue
+            slot = t.slot
+            if t.call is None:
+                st.once.add(slot)
+                st.keep.setdefault(slot, set()).add(0)
+            elif t.call == "all" or (isinstance(t.call, int) and t.call < 0):
+                st.keep_all.add(slot)
+            else:
+                st.keep.setdefault(slot, set()).add(int(t.call))
+
+    def _plan_stop(self) -> bool:
+        """For tap(x): the calls each slot needs before the forward may stop; False when a
+        complete forward is needed (a count not known yet)."""
+        st = self._state
+        st.need.clear()
+        self._static_counts()
+        for t in self.targets:
+            if t.index is not None:
+                continue
+            slot = t.slot
+            seen = _CALLS.get(st.modules[slot], {}).get(slot[1])
+            if t.call is None:
+                if seen is None:
+                    return False
+                if seen > 1:
+                    raise _ran_twice(slot, seen)
+                need = 1
+            elif t.call == "all" or t.call < 0:
+                if seen is None:
+                    return False
+                need = seen
+            else:
+                need = t.call + 1
+            st.need[slot] = max(st.need.get(slot, 0), need)
+        return True
+
+    def _static_counts(self) -> None:
+        """Call counts from a torch.fx trace, for the modules whose count is not known yet."""
+        st = self._state
+        unknown = [s for s in self._slots if s[1] not in _CALLS.get(st.modules[s], {})]
+        if not unknown or self._traced:
+            return
+        self._traced = True
+        was_active, st.active = st.active, False  # the tracer runs the hooks with proxies
+        try:
+            counts = call_counts(self.inner, {name for name, _ in unknown})
+        finally:
+            st.active = was_active
+        for name, pre in unknown:
+            if name in counts:
+                _CALLS.setdefault(st.modules[(name, pre)], {})[pre] = counts[name]
 
     @property
     def _closed(self) -> bool:
         return self._state.closed
 
     # ------------------------------------------------------------------ running
-    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> dict[LayerSpec, Any]:
-        """Run the model on ``x`` and return ``{spec: output}`` (see the class docstring)."""
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[LayerSpec, Any]:
+        """Run the model with these arguments and return ``{spec: output}`` (see the class)."""
         self._check_open()
         self.clear()
-        model = self.inner
-        was_active = self._state.active
-        self._state.active = True
+        st = self._state
+        was_active = st.active
+        st.active = True
         try:
-            raw: dict[int | str, Any] = {}
-            if self._indices:
-                raw.update(self._run_indices(model, x, *args, **kwargs))
-            else:
-                self._state.stopping = self.stop_early
-                self._state.in_forward = True
-                try:
-                    model(x, *args, **kwargs)
-                except _StopForward:
-                    pass
-                finally:
-                    self._state.in_forward = False
-            self._check_fired()
-            raw.update(self._store)
-            return {key: self._finish(key, target, raw[target]) for key, target in self._targets}
+            raw = self._forward(args, kwargs, stop=self.stop_early, with_output=False)[1]
+            return self._finish_all(raw)
         finally:
-            self._state.stopping = False
-            self._state.active = was_active
+            st.stopping = False
+            st.no_stop = False
+            st.active = was_active
+            st.depth = 0
             self.clear()
 
-    def _index_options(self, fi: Any, *, only: bool) -> dict[str, Any]:
-        params = inspect.signature(fi).parameters
-        opts: dict[str, Any] = {"indices": list(self._indices), "intermediates_only": only}
-        if "stop_early" in params:
-            # the final features need every block; tap(x) alone may stop after the last index
-            opts["stop_early"] = only and self.stop_early and not self._names
-        if needs_prefix(self.pool) and "return_prefix_tokens" in params:
-            opts["return_prefix_tokens"] = True
-        return opts
+    def run(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[LayerSpec, Any]]:
+        """Run the whole model once and return ``(its output, {spec: tap output})``.
 
-    def _run_indices(
-        self, model: nn.Module, x: Any, *args: Any, **kwargs: Any
-    ) -> dict[int | str, Any]:
-        fi: Any = model.forward_intermediates
-        opts = self._index_options(fi, only=True)
-        self._state.in_forward = True
+        The output is the model's own (``model(*args, **kwargs)``, through DDP / FSDP); with
+        timm int indices it is ``model.forward_head(final)`` with ``final, intermediates =
+        model.forward_intermediates(x, indices)``, the same as ``model(x)``. Use it to train on
+        the output and read (or add a loss on) lower layers in the same forward.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from headkit import LayerTap
+            >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+            >>> out, feats = LayerTap(net, ["1"]).run(torch.randn(2, 8))
+            >>> out.shape, feats["1"].shape
+            (torch.Size([2, 4]), torch.Size([2, 16]))
+        """
+        self._check_open()
+        self.clear()
+        st = self._state
+        was_active = st.active
+        st.active = True
         try:
-            outs = fi(x, *args, **kwargs, **opts)
+            output, raw = self._forward(args, kwargs, stop=False, with_output=True)
+            return output, self._finish_all(raw)
         finally:
-            self._state.in_forward = False
-        return dict(
-            zip(
-                self._indices,
-                _index_outputs(self.inner, self._indices, self.detach, outs),
-                strict=True,
-            )
+            st.active = was_active
+            st.depth = 0
+            self.clear()
+
+    def _forward(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, stop: bool, with_output: bool
+    ) -> tuple[Any, dict[Target | int, Any]]:
+        st = self._state
+        fsdp = _has_fsdp(self.model)
+        stop = stop and not fsdp and not self._indices
+        if stop and not self._plan_stop():
+            stop = False
+            st.clone = True  # learning the call counts: a full forward, values as if stopped
+        for w in self.wrappers:
+            if isinstance(w, nn.DataParallel) and len(w.device_ids or []) > 1:
+                raise HeadkitError(
+                    "LayerTap cannot read a DataParallel model on several GPUs (each replica "
+                    "would record a slice of the batch); use DistributedDataParallel, or tap "
+                    "model.module on one device"
+                )
+        ddp = next(
+            (w for w in self.wrappers if isinstance(w, nn.parallel.DistributedDataParallel)),
+            None,
         )
+        if ddp is not None:
+            self._check_ddp(ddp, partial=not with_output)
 
-    def _patch_forward(self) -> None:
-        """Context mode with int indices: run ``model(x)`` through ``forward_intermediates``."""
-        model = self.inner
-        names = [model.feature_info[i]["module"] for i in self._indices]  # type: ignore[index]
-        if self.compiled:
+        def body(a: tuple[Any, ...], k: dict[str, Any]) -> tuple[Any, dict[Target | int, Any]]:
+            output: Any = None
+            raw: dict[Target | int, Any] = {}
+            # one invocation from here to the end: hooks on inner modules never start another
+            st.begin(self.inner, a, k, root=True)
+            st.depth = 1
+            stopped = aborted = False
+            try:
+                if self._indices:
+                    output, inter = self._run_indices(a, k, with_output)
+                    raw.update(inter)
+                else:
+                    st.stopping = stop
+                    try:
+                        output = self.model(*a, **k) if fsdp else self.inner(*a, **k)
+                    except _StopForward:
+                        stopped = True
+            except BaseException:
+                aborted = True
+                raise
+            finally:
+                st.stopping = False
+                st.clone = False
+                st.depth = 0
+                st.end(aborted=aborted or stopped or bool(self._indices))
+            self._check_fired()
+            raw.update(self._select(self.targets))
+            return output, raw
+
+        if ddp is None:
+            return body(args, kwargs)
+        return _through_ddp(ddp, body, args, kwargs)
+
+    def _check_ddp(self, ddp: nn.Module, *, partial: bool) -> None:
+        grad = torch.is_grad_enabled() and not self.detach
+        sync = bool(getattr(ddp, "require_backward_grad_sync", True))
+        unused = bool(getattr(ddp, "find_unused_parameters", False)) or bool(
+            getattr(ddp, "static_graph", False)
+        )
+        if grad and sync and partial and not unused:
             raise HeadkitError(
-                f"int layer indices {self._indices} in a with-block need to run the model's "
-                "forward_intermediates, which a compiled model cannot switch to; call tap(x), or "
-                f"use module names, e.g. {names}"
+                "LayerTap(ddp_model)(x) with gradients: a loss on a tapped layer trains only the "
+                "layers up to it, and DDP without find_unused_parameters=True would leave their "
+                "gradients unsynchronised. Wrap with DistributedDataParallel(model, "
+                "find_unused_parameters=True), or cut first: DDP(truncate_at(model, layer)); "
+                "for features without gradients pass detach=True or use torch.no_grad()"
             )
-        if not callable(getattr(model, "forward_head", None)):
-            raise HeadkitError(
-                f"int layer indices {self._indices} in a with-block need timm's forward_head on "
-                f"{type(model).__name__}; call tap(x), or use module names, e.g. {names}"
-            )
-        if getattr(model.__dict__.get("forward"), "_headkit_tap", False):
-            raise HeadkitError(
-                f"another LayerTap with int indices is already recording {type(model).__name__} "
-                "in a with-block; tap all the indices with one LayerTap"
-            )
-        fi: Any = model.forward_intermediates
-        head: Any = model.forward_head
-        opts = self._index_options(fi, only=False)
-        state = self._state  # the closure holds the state, not the tap
-        indices = list(self._indices)
-        detach = self.detach
-
-        def forward(x: Any) -> Any:
-            final, outs = fi(x, **opts)
-            if state.active and not state.closed:
-                outs = _index_outputs(model, indices, detach, outs)
-                state.index_store.update(zip(indices, outs, strict=True))
-            return head(final)
-
-        self._saved_forward = model.__dict__.get("forward")
-        model.forward = _mark(forward)
-        self._patched = True
-        # so that running only part of the model (forward_features) is reported, not ignored
-        for child in model.children():
-            self._handles.append(child.register_forward_pre_hook(_make_ran_hook(state)))
-
-    def _unpatch_forward(self) -> None:
-        if not self._patched:
-            return
-        self._patched = False
-        if self._saved_forward is None:
-            self.inner.__dict__.pop("forward", None)
-        else:
-            self.inner.forward = self._saved_forward
-        self._saved_forward = None
-
-    def _finish(self, key: LayerSpec, target: int | str, out: Any) -> Any:
-        if (
-            isinstance(target, str)
-            and isinstance(out, Tensor)
-            and target in self._state.versions
-            and out._version != self._state.versions[target]
+        if not (
+            callable(getattr(ddp, "_pre_forward", None))
+            and callable(getattr(ddp, "_post_forward", None))
         ):
             raise HeadkitError(
-                f"LayerTap: the output of {target!r} was modified in place by a later operation "
-                "(e.g. ReLU(inplace=True)); tap the module after it instead"
+                "this PyTorch's DistributedDataParallel has no _pre_forward/_post_forward, which "
+                "tap(x) needs to keep DDP's gradient synchronisation; use the with-block: "
+                "with LayerTap(ddp_model, layers) as tap: ddp_model(x)"
             )
-        return apply_pool(out, self.pool, self.npt, key)
+
+    def _run_indices(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], with_output: bool
+    ) -> tuple[Any, dict[Target | int, Any]]:
+        model = self.inner
+        fi: Any = model.forward_intermediates
+        params = inspect.signature(fi).parameters
+        opts: dict[str, Any] = {
+            "indices": list(self._indices),
+            "intermediates_only": not with_output,
+        }
+        if "stop_early" in params:
+            # named taps need the forward past the indices: only stop when there are none
+            opts["stop_early"] = (not with_output) and self.stop_early and not self._slots
+        if needs_prefix(self.pool) and "return_prefix_tokens" in params:
+            opts["return_prefix_tokens"] = True
+        output: Any = None
+        if with_output:
+            head: Any = getattr(model, "forward_head", None)
+            if not callable(head):
+                raise HeadkitError(
+                    f"tap.run with int indices needs timm's forward_head on {type(model).__name__}"
+                )
+            final, outs = fi(*args, **kwargs, **opts)
+            output = head(final)
+        else:
+            outs = fi(*args, **kwargs, **opts)
+        values = _index_outputs(model, self._indices, self.detach, outs)
+        return output, dict(zip(self._indices, values, strict=True))
+
+    # ------------------------------------------------------------------ reading
+    def _select(self, targets: list[Target]) -> dict[Target | int, Any]:
+        """The recorded value of every named target (the right call), checked."""
+        st = self._state
+        out: dict[Target | int, Any] = {}
+        for t in targets:
+            if t.index is not None:
+                continue
+            slot = t.slot
+            n = st.counts.get(slot, 0)
+            vals = st.values.get(slot, {})
+            if t.call is None:
+                if n > 1:
+                    raise _ran_twice(slot, n)
+                picks = [0]
+            elif t.call == "all":
+                picks = list(range(n))
+            else:
+                k = t.call + n if t.call < 0 else t.call
+                if not 0 <= k < n:
+                    raise HeadkitError(
+                        f"LayerTap: {t.describe()} asks for call {t.call}, but {slot[0]!r} ran "
+                        f"{n} time(s) in this forward"
+                    )
+                picks = [k]
+            got = []
+            for k in picks:
+                if k not in vals:
+                    raise self._never_ran([t.key])
+                got.append(self._checked(t, k, vals[k]))
+            out[t] = got if t.call == "all" else got[0]
+        return out
+
+    def _checked(self, t: Target, call: int, value: Any) -> Any:
+        st = self._state
+        slot = t.slot
+        tensor, _ = pick_tensor(value)
+        if isinstance(tensor, Tensor):
+            v = st.versions.get((slot, call))
+            if v is not None and tensor._version != v:
+                raise HeadkitError(
+                    f"LayerTap: the output of {slot[0]!r} was modified in place by a later "
+                    "operation (e.g. ReLU(inplace=True) or +=); tap the module after it "
+                    f"instead, or its input with '{slot[0]}:in' on the next module"
+                )
+            if slot in st.suspects and tensor.is_floating_point() and not tensor.requires_grad:
+                raise HeadkitError(
+                    f"LayerTap: {slot[0]!r} ran under torch.no_grad inside a forward that began "
+                    "with gradients enabled (reentrant activation checkpointing, "
+                    "torch.utils.checkpoint(..., use_reentrant=True), or a no_grad block in the "
+                    "model), so its output carries no gradient and a loss on it would add none. "
+                    "Use use_reentrant=False (Hugging Face: model.gradient_checkpointing_enable("
+                    "gradient_checkpointing_kwargs={'use_reentrant': False}), or "
+                    "activation_checkpointing_enable({'use_reentrant': False})), tap the "
+                    "checkpointed block itself, or pass detach=True to read features only"
+                )
+        return value
+
+    def _pool_ctx(self, t: Target) -> PoolContext:
+        st = self._state
+        if t.key not in self._ctx_cache:
+            if t.index is not None:
+                npt: int | None = 0
+                hint = None
+            else:
+                assert t.name is not None
+                npt = (
+                    self.npt_override
+                    if self.npt_override is not None
+                    else num_prefix_tokens(self.inner, t.name)
+                )
+                hint = channel_hint(st.modules[t.slot], pre=t.pre)
+            self._ctx_cache[t.key] = (npt, hint)
+        npt, hint = self._ctx_cache[t.key]
+        return PoolContext(
+            npt=npt,
+            mask=st.mask,
+            batch=st.batch,
+            text=st.text,
+            pad_id=self._pad_id,
+            input_ids=st.input_ids,
+            hint=hint,
+        )
+
+    def _finish_all(self, raw: dict[Target | int, Any]) -> dict[LayerSpec, Any]:
+        out: dict[LayerSpec, Any] = {}
+        for t in self.targets:
+            value = raw[t.index] if t.index is not None else raw[t]
+            out[t.key] = self._finish(t, value)
+        return out
+
+    def _finish(self, t: Target, value: Any) -> Any:
+        if self.pool is None:
+            return apply_pool(value, None, t.index if t.index is not None else t.key)
+        ctx = self._pool_ctx(t)
+        key: object = t.index if t.index is not None else t.key
+        if t.call == "all" and t.index is None:
+            return [apply_pool(v, self.pool, key, ctx) for v in value]
+        return apply_pool(value, self.pool, key, ctx)
 
     def _check_fired(self) -> None:
-        missing = [n for n in self._names if n not in self._store]
+        st = self._state
+        missing = [t.key for t in self.targets if t.index is None and st.counts.get(t.slot, 0) == 0]
         if missing:
             raise self._never_ran(missing)
 
-    def _never_ran(self, missing: list[str]) -> HeadkitError:
+    def _never_ran(self, missing: list[LayerSpec]) -> HeadkitError:
         hint = ""
         if self.compiled:
             hint = (
                 " The model is compiled: hooks added after its first compiled call never fire in "
                 "PyTorch. Build the LayerTap before torch.compile, or call tap(x)."
-            )
-        if any(isinstance(t, int) and str(t) in missing for _, t in self._targets):
-            hint += (
-                " In a with-block, int indices are recorded by model(x) (its forward), not by "
-                "forward_features or other methods."
             )
         return HeadkitError(
             f"LayerTap: tapped layer(s) {missing} never ran in the forward of "
@@ -316,7 +862,20 @@ class LayerTap:
     def __enter__(self) -> LayerTap:
         self._check_open()
         if self._indices:
-            self._patch_forward()
+            names = _index_names(self.inner, self._indices)
+            raise HeadkitError(
+                f"int layer indices {self._indices} in a with-block: timm's intermediates come "
+                "from forward_intermediates, which model(x) does not run. Use "
+                "out, feats = tap.run(x) (the model's output, identical to model(x), and the "
+                f"intermediates from one forward), or the module names {names} (their raw "
+                "outputs) in the with-block"
+            )
+        for w in self.wrappers:
+            if isinstance(w, nn.DataParallel) and len(w.device_ids or []) > 1:
+                raise HeadkitError(
+                    "LayerTap cannot record a DataParallel model on several GPUs (each replica "
+                    "records a slice of the batch); use DistributedDataParallel"
+                )
         self._state.active = True
         return self
 
@@ -327,25 +886,26 @@ class LayerTap:
         tb: TracebackType | None,
     ) -> None:
         st = self._state
-        fired_any = bool(st.counts or st.store or st.index_store or st.any_ran)
-        missing = [n for n in self._names if n not in st.store]
-        missing += [str(i) for i in self._indices if i not in st.index_store]
+        fired_any = bool(st.counts or st.any_ran or st.root_ran)
+        missing = [t.key for t in self.targets if t.index is None and not st.counts.get(t.slot)]
         st.active = False
-        self.close()  # removes the hooks and restores a patched forward
+        self.close()
         if exc_type is None and missing and (fired_any or self.compiled):
             raise self._never_ran(missing)
 
     @property
     def outputs(self) -> dict[LayerSpec, Any]:
-        """Outputs recorded by the last forward, keyed like ``tap(x)``'s result."""
+        """Outputs recorded by the last forward in a ``with`` block, keyed like ``tap(x)``'s."""
         self._outputs.clear()
         if self._closed:
             return self._outputs
-        for key, target in self._targets:
-            if isinstance(target, str) and target in self._store:
-                self._outputs[key] = self._finish(key, target, self._store[target])
-            elif isinstance(target, int) and target in self._state.index_store:
-                self._outputs[key] = self._finish(key, target, self._state.index_store[target])
+        st = self._state
+        if not any(st.counts.get(t.slot) for t in self.targets if t.index is None):
+            return self._outputs
+        ran = [t for t in self.targets if t.index is None and st.counts.get(t.slot)]
+        selected = self._select(ran)
+        for t in ran:
+            self._outputs[t.key] = self._finish(t, selected[t])
         return self._outputs
 
     def _missing_error(self, key: LayerSpec) -> Exception:
@@ -355,16 +915,11 @@ class LayerTap:
             return KeyError(
                 f"{key!r}: the LayerTap is closed; read tap.outputs inside the with-block"
             )
-        target = next(t for k, t in self._targets if k == key)
-        return self._never_ran([str(target)])
+        return self._never_ran([key])
 
     def clear(self) -> None:
         """Drop every recorded tensor."""
-        self._store.clear()
-        self._state.index_store.clear()
-        self._state.any_ran = False
-        self._state.versions.clear()
-        self._state.counts.clear()
+        self._state.clear()
         self._outputs.clear()
 
     def close(self) -> None:
@@ -372,7 +927,6 @@ class LayerTap:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._unpatch_forward()
         self.clear()
         self._state.closed = True
 
@@ -394,11 +948,13 @@ class LayerTap:
         """Shape and dtype of every tap from a dry run on the meta device (no data, no compute).
 
         Args:
-            input_shape: shape of one input batch, e.g. ``(1, 3, 224, 224)``.
+            input_shape: shape of one input batch, e.g. ``(1, 3, 224, 224)`` (passed as the
+                model's first positional argument; ``dtype=torch.long`` for token ids).
             dtype: dtype of the input.
 
         Returns:
-            ``{spec: TapInfo(shape, dtype, layer)}``.
+            ``{spec: TapInfo}``; `TapInfo.element` says when a tuple output was pooled on its
+            first element.
 
         Example:
             >>> from torch import nn
@@ -415,13 +971,18 @@ class LayerTap:
             pool=self.pool,
             detach=True,
             stop_early=self.stop_early,
-            num_prefix_tokens=self.npt,
+            num_prefix_tokens=self.npt_override,
+            call=self.call,
+        )
+        raw_tap = (
+            LayerTap(meta_model, self.specs, detach=True, call=self.call) if self.pool else tap
         )
         try:
             with torch.no_grad():
                 x = torch.empty(tuple(int(s) for s in input_shape), dtype=dtype, device="meta")
                 try:
                     outs = tap(x)
+                    raws = raw_tap(x) if raw_tap is not tap else outs
                 except HeadkitError:
                     raise
                 except Exception as err:
@@ -431,13 +992,22 @@ class LayerTap:
                     ) from err
         finally:
             tap.close()
+            raw_tap.close()
         info: dict[LayerSpec, TapInfo] = {}
-        for key, target in self._targets:
-            o = outs[key]
-            t = o[0] if isinstance(o, (tuple, list)) else o
-            if not isinstance(t, Tensor):
-                raise HeadkitError(f"layer {key!r} returns {type(o).__name__}, not a tensor")
-            info[key] = TapInfo(tuple(t.shape), t.dtype, target)
+        for t in self.targets:
+            o = outs[t.key]
+            r = raws[t.key]
+            if isinstance(o, list) and t.call == "all":
+                o, r = o[0], r[0]
+            tensor, _ = pick_tensor(o)
+            if isinstance(o, tuple) and len(o) == 2 and t.index is not None:
+                tensor = o[0]
+            if not isinstance(tensor, Tensor):
+                raise HeadkitError(f"layer {t.key!r} returns {type(o).__name__}, not a tensor")
+            _, element = pick_tensor(r) if t.index is None else (None, None)
+            npt = self._pool_ctx(t).npt if t.index is None else 0
+            layer: int | str = t.index if t.index is not None else str(t.name)
+            info[t.key] = TapInfo(tuple(tensor.shape), tensor.dtype, layer, element, npt, t.pre)
         return info
 
     def __repr__(self) -> str:
@@ -447,73 +1017,66 @@ class LayerTap:
         )
 
 
-class _TapState:
-    """What the hooks share; the hooks hold this, not the tap, so a dropped tap is collected."""
-
-    def __init__(self, names: list[str], detach: bool) -> None:
-        self.names = names
-        self.detach = detach
-        self.store: dict[str, Any] = {}
-        self.index_store: dict[int, Any] = {}  # int taps recorded in a with-block
-        self.any_ran = False  # some submodule ran inside the with-block
-        self.versions: dict[str, int] = {}
-        self.counts: dict[str, int] = {}
-        self.in_forward = False
-        self.stopping = False
-        self.closed = False
-        self.active = False  # recording: inside tap(x) or a with-block
+# ----------------------------------------------------------------------------- helpers
 
 
-def _mark(fn: Any) -> Any:
-    fn._headkit_tap = True
-    return fn
+def _signature_params(model: nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
-def _make_root_pre(state: _TapState) -> Callable[[nn.Module, Any], None]:
-    def root_pre(module: nn.Module, args: Any) -> None:
-        state.in_forward = True
-        state.counts.clear()
-
-    return _mark(root_pre)  # type: ignore[no-any-return]
-
-
-def _make_ran_hook(state: _TapState) -> Callable[[nn.Module, Any], None]:
-    def ran(module: nn.Module, args: Any) -> None:
-        if state.active:
-            state.any_ran = True
-
-    return _mark(ran)  # type: ignore[no-any-return]
-
-
-def _make_root_post(state: _TapState) -> Callable[[nn.Module, Any, Any], None]:
-    def root_post(module: nn.Module, args: Any, out: Any) -> None:
-        state.in_forward = False
-
-    return _mark(root_post)  # type: ignore[no-any-return]
+def _has_fsdp(model: nn.Module) -> bool:
+    """FSDP (1 or 2) anywhere: its forward bookkeeping must not be cut short."""
+    if "torch.distributed.fsdp" not in sys.modules:
+        return False
+    fsdp = sys.modules["torch.distributed.fsdp"]
+    kinds = tuple(
+        k
+        for k in (
+            getattr(fsdp, "FullyShardedDataParallel", None),
+            getattr(fsdp, "FSDPModule", None),
+        )
+        if isinstance(k, type)
+    )
+    return bool(kinds) and any(isinstance(m, kinds) for m in model.modules())
 
 
-def _make_hook(state: _TapState, name: str) -> Callable[[nn.Module, Any, Any], None]:
-    def hook(module: nn.Module, args: Any, out: Any) -> None:
-        if state.closed or not state.active:
-            return
-        if not torch.compiler.is_compiling() and torch._C._current_autograd_node() is not None:
-            return  # activation-checkpoint recompute during backward: keep the forward's value
-        count = state.counts.get(name, 0) + 1
-        state.counts[name] = count
-        if count > 1 and state.in_forward:
-            raise HeadkitError(
-                f"LayerTap: module {name!r} ran {count} times in one forward (shared weights?); "
-                "a tap keeps one output per layer. Tap a module that runs once, or its parent"
-            )
-        if state.detach:
-            out = _detach(out)
-        state.store[name] = out
-        if isinstance(out, Tensor) and not torch.compiler.is_compiling() and not out.is_inference():
-            state.versions[name] = out._version
-        if state.stopping and len(state.store) == len(state.names):
-            raise _StopForward
+def _through_ddp(
+    ddp: nn.Module,
+    body: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, dict[Target | int, Any]]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[Any, dict[Target | int, Any]]:
+    """Run ``body`` inside DDP's own forward bookkeeping, with the taps (and the output, if
+    any) as what DDP sees as the forward's result: gradients of a loss on them are
+    synchronised, and parameters the forward never reached are marked unused."""
+    d: Any = ddp
+    with torch.autograd.profiler.record_function("DistributedDataParallel.forward"):
+        args, kwargs = d._pre_forward(*args, **kwargs)
+        inside = getattr(d, "_inside_ddp_forward", None)
+        plain = getattr(d, "_use_python_reducer", False) or getattr(
+            d, "_delay_all_reduce_all_params", False
+        )
+        ctx = inside() if callable(inside) and not plain else contextlib.nullcontext()
+        with ctx:
+            output, raw = body(args, kwargs)
+        keys = list(raw)
+        result = d._post_forward((output, [raw[k] for k in keys]))
+    output, values = result
+    return output, dict(zip(keys, values, strict=True))
 
-    return _mark(hook)  # type: ignore[no-any-return]
+
+def _index_names(model: nn.Module, indices: list[int]) -> list[str]:
+    fi: Any = getattr(model, "feature_info", None)
+    out = []
+    for i in indices:
+        try:
+            out.append(str(fi[i]["module"]))
+        except Exception:
+            out.append(f"<index {i}>")
+    return out
 
 
 def _index_outputs(model: nn.Module, indices: list[int], detach: bool, outs: Any) -> list[Any]:
@@ -526,29 +1089,34 @@ def _index_outputs(model: nn.Module, indices: list[int], detach: bool, outs: Any
     return [_detach(o) for o in outs] if detach else list(outs)
 
 
+def _is_tap_hook(fn: object) -> bool:
+    return isinstance(fn, (_TapHook, _Inert))
+
+
+def _is_hf_capture_hook(fn: object) -> bool:
+    return getattr(fn, "__module__", "") == "transformers.utils.output_capturing"
+
+
 def strip_tap_hooks(model: nn.Module) -> None:
-    """Remove every LayerTap hook from a copied module tree."""
+    """Remove every LayerTap hook (and Hugging Face's output-capture closures, which do not
+    pickle and are reinstalled when needed) from a copied module tree."""
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for hid, fn in list(hooks.items()):
-                if getattr(fn, "_headkit_tap", False):
+                if _is_tap_hook(fn) or _is_hf_capture_hook(fn):
                     del hooks[hid]
-
-
-def _detach(out: Any) -> Any:
-    if isinstance(out, Tensor):
-        return out.detach()
-    if isinstance(out, tuple):
-        return tuple(_detach(o) for o in out)
-    if isinstance(out, list):
-        return [_detach(o) for o in out]
-    if isinstance(out, dict):
-        return {k: _detach(v) for k, v in out.items()}
-    return out
+                    for extra in (
+                        m._forward_hooks_with_kwargs,
+                        m._forward_hooks_always_called,
+                        m._forward_pre_hooks_with_kwargs,
+                    ):
+                        extra.pop(hid, None)
+        if "_output_capturing_hooks_installed" in m.__dict__:
+            del m.__dict__["_output_capturing_hooks_installed"]
 
 
 def copy_module_tree(model: nn.Module, *, meta: bool = False) -> nn.Module:
-    """Copy the module tree without copying weights and without this module's tap hooks.
+    """Copy the module tree without copying weights and without tap hooks.
 
     With ``meta=False`` the copy shares every parameter and buffer (the same tensors); with
     ``meta=True`` they are replaced by empty meta tensors (for dry runs).
@@ -574,20 +1142,26 @@ def feature_info(
     *,
     pool: Pool = None,
     dtype: torch.dtype = torch.float32,
+    num_prefix_tokens: int | None = None,
+    call: Call = None,
 ) -> dict[LayerSpec, TapInfo]:
     """Shape and dtype of every tap of ``model`` from a dry run on the meta device.
 
-    Same as ``LayerTap(model, layers, pool=pool).describe(input_shape, dtype)``.
+    Same as ``LayerTap(model, layers, pool=pool).describe(input_shape, dtype)``. `TapInfo`
+    also says which element of a tuple output a pool reads (Hugging Face blocks) and how many
+    prefix tokens a token pool skips.
 
     Args:
         model: the encoder.
         layers: layer specs, as for `LayerTap`.
         input_shape: shape of one input batch.
         pool: pooling, as for `LayerTap`.
-        dtype: input dtype.
+        dtype: input dtype (``torch.long`` for token ids).
+        num_prefix_tokens: as for `LayerTap`.
+        call: as for `LayerTap`.
 
     Returns:
-        ``{spec: TapInfo(shape, dtype, layer)}``.
+        ``{spec: TapInfo}``.
 
     Example:
         >>> from torch import nn
@@ -596,7 +1170,13 @@ def feature_info(
         >>> feature_info(net, ["0", "2"], (5, 8))["2"].shape
         (5, 4)
     """
-    tap = LayerTap(check_module(model, "feature_info"), layers, pool=pool)
+    tap = LayerTap(
+        check_module(model, "feature_info"),
+        layers,
+        pool=pool,
+        num_prefix_tokens=num_prefix_tokens,
+        call=call,
+    )
     try:
         return tap.describe(input_shape, dtype)
     finally:

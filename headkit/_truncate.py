@@ -2,163 +2,399 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.fx
 from torch import Tensor, nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from ._errors import HeadkitError
-from ._model import LayerSpec, check_module, resolve, unwrap
-from ._pool import Pool, apply_pool, check_pool, needs_prefix, num_prefix_tokens
-from ._tap import copy_module_tree
+from ._fx import trace as _trace
+from ._fx import within as _within
+from ._model import (
+    Call,
+    LayerSpec,
+    Target,
+    block_lists,
+    channel_hint,
+    check_module,
+    num_prefix_tokens,
+    parse_targets,
+    unwrap,
+)
+from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
+from ._tap import _in_backward, copy_module_tree
 
-__all__ = ["truncate_at"]
+__all__ = ["Truncated", "truncate_at"]
+
+ROUTES = ("timm", "sequential", "fx", "blocks", "hook")
 
 
-class _Stop(Exception):
+# ----------------------------------------------------------------------------- stopping
+
+
+class _CutStop(Exception):
+    """Raised by the cut's hook at the chosen call of the layer (caught by `Truncated`)."""
+
     def __init__(self, value: Any) -> None:
         super().__init__("headkit truncation point reached")
         self.value = value
 
 
-def _stop_hook(module: nn.Module, args: Any, out: Any) -> None:
-    raise _Stop(out)
+class _PastCut(Exception):
+    """Raised by a removed module if the forward reaches it."""
 
 
-class _PoolModule(nn.Module):
-    """Parameter-free pooling step appended to a truncated model."""
+class _CutState:
+    """Per-cut state of the stop hook (pickles and deep-copies with the cut)."""
 
-    def __init__(self, pool: Pool, npt: int | None, key: LayerSpec) -> None:
+    def __init__(self, target: str, call: Call) -> None:
+        self.target = target
+        self.call = call
+        self.total: int | None = None  # calls of the layer per forward, once seen
+        self.count = 0
+        self.stop_at: int | None = None  # the call to stop at (0-based), when known
+        self.values: dict[int, Any] = {}
+        self.calibrating = False
+
+    def resolve(self) -> None:
+        c = self.call
+        if isinstance(c, int) and c >= 0:
+            self.stop_at = c
+        elif self.total is not None:
+            self.stop_at = self._index(self.total)
+        else:
+            self.stop_at = None
+
+    def _index(self, n: int) -> int:
+        c = self.call
+        if c is None:
+            if n > 1:
+                raise HeadkitError(
+                    f"truncate_at: module {self.target!r} ran {n} times in one forward (a shared "
+                    "or weight-tied module); say which call to cut at: call=0 (the first), "
+                    f"call=-1 (the last), or '{self.target}@-1'"
+                )
+            return 0
+        assert isinstance(c, int)
+        k = c + n if c < 0 else c
+        if not 0 <= k < n:
+            raise HeadkitError(
+                f"truncate_at: call {c} of {self.target!r}, which ran {n} time(s) in one forward"
+            )
+        return k
+
+
+class _StopHook:
+    """Forward hook (or forward-pre hook for ``"name:in"``) at the cut."""
+
+    def __init__(self, state: _CutState, pre: bool) -> None:
+        self.state = state
+        self.pre = pre
+
+    def __call__(self, module: nn.Module, args: Any, *rest: Any) -> None:
+        if _in_backward():
+            return
+        st = self.state
+        if self.pre:
+            kwargs = rest[0] if rest else {}
+            value = (
+                args[0]
+                if args
+                else next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
+            )
+            if getattr(module, "inplace", False) and isinstance(value, Tensor):
+                value = value.clone()
+        else:
+            value = rest[0]
+        n = st.count
+        st.count += 1
+        if st.stop_at is not None and n == st.stop_at:
+            raise _CutStop(value)
+        if st.calibrating:
+            st.values[n] = value
+
+
+class _EndHook:
+    """Forward hook at the end of a cut block list: ends a forward that counts calls."""
+
+    def __init__(self, state: _CutState) -> None:
+        self.state = state
+
+    def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self.state.calibrating and not _in_backward():
+            raise _PastCut("end of the kept blocks")
+
+
+class _Removed(nn.Module):
+    """Placeholder for a module that lies after the cut."""
+
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self.pool = pool
-        self.npt = npt
-        self.key = key
-
-    def forward(self, x: Any) -> Any:
-        return apply_pool(x, self.pool, self.npt, self.key)
-
-
-class _TimmTruncated(nn.Module):
-    """Mixin for timm models cut with ``prune_intermediate_layers``."""
-
-    _hk_index: int
-    _hk_pool: Pool
-    _hk_npt: int | None
-    _hk_opts: dict[str, Any]
-
-    def forward(self, x: Tensor) -> Any:
-        out = self.forward_intermediates(x, **self._hk_opts)[0]  # type: ignore[operator]
-        return apply_pool(out, self._hk_pool, self._hk_npt, self._hk_index)
-
-
-class _HookTruncated(nn.Module):
-    """Mixin for models that cannot be traced: run the forward, stop at the cut."""
-
-    _hk_pool: Pool
-    _hk_npt: int | None
-    _hk_key: LayerSpec
-    _hk_base: type[nn.Module]
+        self.name = name
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            self._hk_base.forward(self, *args, **kwargs)
-        except _Stop as stop:
-            return apply_pool(stop.value, self._hk_pool, self._hk_npt, self._hk_key)
-        raise HeadkitError(
-            f"truncate_at: layer {self._hk_key!r} never ran in the forward of {self._hk_base.__name__}"
-        )
+        raise _PastCut(self.name)
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r} removed by truncate_at"
 
 
-_SWAPPED: dict[tuple[type, type], type] = {}
+# ----------------------------------------------------------------------------- the cut
 
 
-def _swapped_class(mixin: type[nn.Module], base: type[nn.Module]) -> type:
-    """``Truncated<Base>``: the model's class with a mixin's forward in front (cached)."""
-    key = (mixin, base)
-    if key not in _SWAPPED:
-        _SWAPPED[key] = type(
-            f"Truncated{base.__name__}", (mixin, base), {"__module__": base.__module__}
-        )
-    return _SWAPPED[key]
+class _DropKeys:
+    """``load_state_dict`` pre-hook of a cut: full-model checkpoints load (keys of the removed
+    part dropped and recorded, a DDP ``module.`` or compile ``_orig_mod.`` prefix stripped)."""
 
+    def __init__(self, own: frozenset[str], dropped: frozenset[str]) -> None:
+        self.own = own
+        self.dropped = dropped
 
-class _LeafTracer(torch.fx.Tracer):
-    """Traces with the cut target and the given modules as leaves; notes which module failed."""
-
-    def __init__(self, target: str, leaves: set[str]) -> None:
-        super().__init__()
-        self.target = target
-        self.leaves = leaves
-        self.failed: str | None = None
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name == self.target or module_qualified_name in self.leaves:
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(
+    def __call__(
         self,
-        m: nn.Module,
-        forward: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
+        module: nn.Module,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        skipped: list[str] = []
+        for key in list(state_dict):
+            if not key.startswith(prefix):
+                continue
+            rel = key[len(prefix) :]
+            for wrap in ("module.", "_orig_mod."):
+                if rel.startswith(wrap) and rel not in self.own and rel not in self.dropped:
+                    state_dict[prefix + rel[len(wrap) :]] = state_dict.pop(key)
+                    key, rel = prefix + rel[len(wrap) :], rel[len(wrap) :]
+            if rel in self.dropped:
+                del state_dict[key]
+                skipped.append(rel)
+        if isinstance(module, Truncated):
+            module.last_skipped = sorted(skipped)
+
+
+class _LoadResult(_IncompatibleKeys):
+    """``load_state_dict``'s result, with the keys of the removed part that were skipped."""
+
+    skipped_keys: list[str]
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        if not self.skipped_keys:
+            return base
+        return f"{base[:-1]}, skipped_keys={len(self.skipped_keys)} keys of the removed part>"
+
+    __str__ = __repr__
+
+
+class Truncated(nn.Module):
+    """A model cut at a layer by `truncate_at`: one wrapper type for every route.
+
+    It shares the model's parameters and buffers (the same tensors), keeps their original
+    names (``state_dict``, ``named_parameters``, ``load_state_dict`` use the model's keys), and
+    pickles, deep-copies, ``torch.save``s and loads (``torch.load(weights_only=False)``).
+    ``load_state_dict`` takes a full-model checkpoint (with or without a DDP ``module.``
+    prefix): the keys of the removed part are skipped (listed in the result's
+    ``skipped_keys`` and in ``last_skipped``), any other mismatch is an error.
+
+    Attributes:
+        route: how the cut was made: ``"timm"`` (``prune_intermediate_layers`` and
+            ``forward_intermediates``), ``"sequential"`` (a prefix of an ``nn.Sequential``),
+            ``"fx"`` (a torch.fx graph cut), ``"blocks"`` (a Hugging Face / open_clip block list
+            cut after the layer's block, the forward stopped at the layer), ``"hook"`` (the
+            model's forward stopped at the layer by a hook).
+        layer: the layer spec as given.
+        kept_params: parameters the cut holds.
+        total_params: parameters of the model it was cut from.
+        dropped_keys: state-dict keys of the model that the cut does not hold.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from headkit import truncate_at
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        >>> cut = truncate_at(net, "1")
+        >>> cut.route, cut.kept_params, cut.total_params
+        ('sequential', 144, 212)
+        >>> sorted(cut.dropped_keys)
+        ['2.bias', '2.weight']
+    """
+
+    last_skipped: list[str]
+    _impl: Any
+
+    def __init__(
+        self,
+        impl: nn.Module,
+        *,
+        route: str,
+        layer: LayerSpec,
+        target: Target,
+        pool: Pool,
+        npt: int | None,
+        hint: tuple[str, int] | None,
+        total_params: int,
+        original_keys: frozenset[str],
+        runner: Any = None,
+        state: _CutState | None = None,
+        arg_names: tuple[str, ...] = (),
+        pad_id: int | None = None,
+        training: bool = True,
+    ) -> None:
+        super().__init__()
+        # the implementation's modules, parameters and buffers ARE the cut's (one dict each):
+        # the cut's names are the model's, and .to() / .half() reach the implementation
+        self.__dict__["_impl"] = impl
+        self.__dict__["_modules"] = impl._modules
+        self.__dict__["_parameters"] = impl._parameters
+        self.__dict__["_buffers"] = impl._buffers
+        self.__dict__["_non_persistent_buffers_set"] = impl._non_persistent_buffers_set
+        self.route = route
+        self.layer = layer
+        self.target = target
+        self.pool = pool
+        self.npt = npt
+        self.hint = hint
+        self.total_params = total_params
+        self.runner = runner
+        self.state = state
+        self.arg_names = arg_names
+        self.pad_id = pad_id
+        self.last_skipped = []
+        own = frozenset(self.state_dict())
+        self.dropped_keys = original_keys - own
+        self.register_load_state_dict_pre_hook(_DropKeys(own, self.dropped_keys))  # type: ignore[no-untyped-call]
+        self.train(training)
+
+    @property
+    def kept_params(self) -> int:
+        """Number of parameters the cut holds."""
+        return sum(p.numel() for p in self.parameters())
+
+    def train(self, mode: bool = True) -> Truncated:
+        super().train(mode)
+        self._impl.training = mode
+        return self
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> _IncompatibleKeys:
+        self.last_skipped = []
+        res = super().load_state_dict(dict(state_dict), strict=strict, assign=assign)
+        out = _LoadResult(res.missing_keys, res.unexpected_keys)
+        out.skipped_keys = list(self.last_skipped)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"route={self.route!r}, layer={self.layer!r}, kept {self.kept_params:,} of "
+            f"{self.total_params:,} parameters"
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        impl = self._impl
+        if self.route == "timm":
+            out = impl.forward_intermediates(*args, **kwargs, **self.runner)[0]
+            return apply_pool(out, self.pool, self.target.index)
+        if self.route in ("sequential", "fx"):
+            out = impl(*args, **kwargs)
+        else:
+            out = self._run_hooked(args, kwargs)
+        if self.pool is None:
+            return out
+        return apply_pool(out, self.pool, self.layer, self._pool_ctx(args, kwargs))
+
+    def _run_hooked(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        st = self.state
+        assert st is not None
+        st.count = 0
+        st.values = {}
+        st.resolve()
+        st.calibrating = st.stop_at is None
         try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed is None:  # the innermost module whose forward could not be traced
-                self.failed = self.path_of_module(m)
-            raise
-
-
-def _within(name: str, ancestor: str) -> bool:
-    return name == ancestor or name.startswith(ancestor + ".")
-
-
-def _trace(model: nn.Module, target: str) -> torch.fx.Graph | None:
-    """Trace ``model`` with ``target`` as a leaf; a submodule whose forward cannot be traced
-    (data-dependent control flow) becomes a leaf too, with the other modules of its class.
-    None when the model's own forward cannot be traced."""
-    leaves: set[str] = set()
-    modules = dict(model.named_modules())
-    # optional arguments take their defaults, as in cut(x): a proxy for `mask=None` would take
-    # the `mask is not None` branch
-    concrete = {
-        name: p.default
-        for name, p in inspect.signature(model.forward).parameters.items()
-        if p.default is not inspect.Parameter.empty
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    for _ in range(len(modules) + 1):
-        tracer = _LeafTracer(target, leaves)
-        try:
-            return tracer.trace(model, concrete_args=concrete or None)
-        except Exception:
-            failed = tracer.failed
-            if not failed or failed in leaves or failed == target:
-                return None
-            leaves.add(failed)
-            cls = type(modules[failed])
-            leaves.update(
-                n
-                for n, m in modules.items()
-                if type(m) is cls and n and n != target and not _within(target, n)
+            self._impl(*args, **kwargs)
+        except _CutStop as stop:
+            return stop.value
+        except _PastCut:
+            pass
+        finally:
+            calibrating, st.calibrating = st.calibrating, False
+        if not calibrating:
+            raise HeadkitError(
+                f"truncate_at: {self.target.describe()} ran {st.count} time(s), not the call to "
+                "cut at; the forward reached the end"
             )
-    return None
+        if st.count == 0:
+            raise HeadkitError(
+                f"truncate_at: layer {self.layer!r} never ran in the forward of the model"
+            )
+        st.total = st.count
+        k = st._index(st.count)
+        value = st.values[k]
+        st.values = {}
+        return value
+
+    def _pool_ctx(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PoolContext:
+        bound = dict(zip(self.arg_names, args, strict=False))
+        bound.update(kwargs)
+        mask = bound.get("attention_mask")
+        ids = bound.get("input_ids")
+        batch = next(
+            (
+                int(v.shape[0])
+                for v in (*args, *kwargs.values())
+                if isinstance(v, Tensor) and v.dim()
+            ),
+            None,
+        )
+        return PoolContext(
+            npt=self.npt,
+            mask=mask if isinstance(mask, Tensor) else None,
+            batch=batch,
+            text=isinstance(ids, Tensor),
+            pad_id=self.pad_id,
+            input_ids=ids if isinstance(ids, Tensor) else None,
+            hint=self.hint,
+        )
 
 
-def _cut_node(graph: torch.fx.Graph, target: str) -> tuple[torch.fx.Node | None, bool]:
-    """The first node that computes ``target`` (or the leaf that holds it), and whether it is
-    ``target`` itself and the only call of it."""
+# ----------------------------------------------------------------------------- torch.fx
+
+
+def _cut_node(graph: torch.fx.Graph, t: Target) -> tuple[torch.fx.Node | None, bool]:
+    """The node to cut at (the chosen call of the target, or its input for a pre tap, or the
+    leaf that holds the target), and whether it is exact."""
+    target = str(t.name)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     exact = [n for n in calls if n.target == target]
     if exact:
-        return exact[0], len(exact) == 1
+        if t.call is None and len(exact) > 1:
+            raise HeadkitError(
+                f"truncate_at: module {target!r} runs {len(exact)} times in one forward (a shared "
+                "or weight-tied module); say which call to cut at: call=0 (the first), call=-1 "
+                f"(the last), or '{target}@-1'"
+            )
+        k = 0 if t.call is None else int(t.call)
+        if not -len(exact) <= k < len(exact):
+            raise HeadkitError(
+                f"truncate_at: call {t.call} of {target!r}, which runs {len(exact)} time(s)"
+            )
+        node = exact[k]
+        if t.pre:
+            first = node.args[0] if node.args else None
+            if not isinstance(first, torch.fx.Node):
+                return None, False
+            return first, True
+        return node, True
     holder = [n for n in calls if _within(target, str(n.target))]
     return (holder[0] if holder else None), False
 
@@ -192,10 +428,11 @@ def _used_before(graph: torch.fx.Graph, node: torch.fx.Node) -> set[str]:
     return used
 
 
-def _fx_route(model: nn.Module, target: str) -> torch.fx.GraphModule | set[str] | None:
-    """The exact FX graph cut at ``target`` when it is the same in train and eval mode; else
+def _fx_route(model: nn.Module, t: Target) -> torch.fx.GraphModule | set[str] | None:
+    """The exact FX graph cut at the target when it is the same in train and eval mode; else
     the set of modules the forward uses up to the cut in either mode (to prune the rest); None
     when the model's forward cannot be traced."""
+    target = str(t.name)
     was_training = model.training
     try:
         graphs: list[tuple[torch.fx.Graph, torch.fx.Node, bool]] = []
@@ -204,7 +441,7 @@ def _fx_route(model: nn.Module, target: str) -> torch.fx.GraphModule | set[str] 
             graph = _trace(model, target)
             if graph is None:
                 return None
-            node, exact = _cut_node(graph, target)
+            node, exact = _cut_node(graph, t)
             if node is None:
                 return None
             graphs.append((graph, node, exact))
@@ -215,27 +452,16 @@ def _fx_route(model: nn.Module, target: str) -> torch.fx.GraphModule | set[str] 
             if cuts[0].code == cuts[1].code:
                 return cuts[1]
         return used
+    except HeadkitError:
+        raise
     except Exception:
         return None
     finally:
         model.train(was_training)
 
 
-class _Cut(nn.Module):
-    """Placeholder for a module that lies after the cut."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise HeadkitError(
-            f"module {self.name!r} was removed by truncate_at (it lies after the cut)"
-        )
-
-
 def _prune_unused(model: nn.Module, used: set[str]) -> None:
-    """Replace every weight-holding module that no used name lies in or under with a `_Cut`.
+    """Replace every weight-holding module that no used name lies in or under with a placeholder.
 
     Parameter-free modules stay: the tracer inlines them, so they never appear as used.
     """
@@ -249,68 +475,123 @@ def _prune_unused(model: nn.Module, used: set[str]) -> None:
         for name, child in list(module.named_children()):
             full = f"{path}.{name}" if path else name
             holds = any(True for _ in child.parameters()) or any(True for _ in child.buffers())
-            if holds and not needed(full) and not isinstance(child, _Cut):
-                setattr(module, name, _Cut(full))
+            if holds and not needed(full) and not isinstance(child, _Removed):
+                setattr(module, name, _Removed(full))
 
 
-def _drop_keys_hook(
-    dropped: frozenset[str],
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: Any,
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    for key in list(state_dict):
-        if not key.startswith(prefix):
+# ----------------------------------------------------------------------------- block lists
+
+
+def _cut_blocks(clone: nn.Module, inner: nn.Module, target: str) -> str | None:
+    """Hugging Face / open_clip: cut the block list after the block that holds ``target`` (or
+    empty it when ``target`` comes before it), and remove the other towers. Returns the name of
+    the module whose end is the end of the cut forward (the last kept block, or the target), or
+    None when the target is not in a block list's reach."""
+    lists = block_lists(inner)
+    order = [n for n, _ in inner.named_modules()]
+    for lst in lists:
+        if _within(lst, target) and lst != target:
+            continue  # the target holds the list (e.g. "encoder"): nothing to cut
+        if _within(target, lst):
+            rest = target[len(lst) + 1 :]
+            if not rest:
+                return None
+            keep = int(rest.split(".")[0]) + 1 if rest.split(".")[0].isdigit() else None
+            if keep is None:
+                return None
+        elif target in order and lst in order and order.index(target) < order.index(lst):
+            keep = 0
+        else:
             continue
-        rel = key[len(prefix) :]
-        if rel.startswith("module.") and rel not in dropped:
-            value = state_dict.pop(key)
-            rel = rel[len("module.") :]
-            state_dict[prefix + rel] = value
-        if rel in dropped:
-            del state_dict[prefix + rel]
+        holder = clone.get_submodule(lst)
+        if isinstance(holder, nn.ModuleList):
+            kept = list(holder.children())[:keep]
+            parent_name, _, attr = lst.rpartition(".")
+            parent = clone.get_submodule(parent_name) if parent_name else clone
+            setattr(parent, attr, nn.ModuleList(kept))
+        elif isinstance(holder, nn.Sequential):
+            for name in list(holder._modules)[keep:]:
+                del holder._modules[name]
+        else:
+            return None
+        # the other towers (a CLIP model's text tower when the cut is in the image tower)
+        for other in lists:
+            top = other.split(".")[0]
+            if (
+                other != lst
+                and not _within(target, top)
+                and not _within(lst, top)
+                and isinstance(clone._modules.get(top), nn.Module)
+            ):
+                setattr(clone, top, _Removed(top))
+        return f"{lst}.{keep - 1}" if keep else target
+    return None
 
 
-def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.Module:
+# ----------------------------------------------------------------------------- entry point
+
+
+def _arg_names(model: nn.Module) -> tuple[str, ...]:
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def truncate_at(
+    model: nn.Module,
+    layer: LayerSpec,
+    *,
+    pool: Pool = None,
+    num_prefix_tokens: int | None = None,
+    call: Call = None,
+) -> Truncated:
     """Cut ``model`` at ``layer``: a new module whose forward returns that layer's output.
 
     The result returns the same values as ``LayerTap(model, [layer], pool=pool)(x)[layer]``,
     shares parameters and buffers with ``model`` (same tensors, no copies), leaves ``model``
     untouched, and neither holds nor computes what comes after the cut. The cheapest exact route
-    is used:
+    is used (`Truncated.route` says which):
 
-    1. timm models with an int index: timm's ``prune_intermediate_layers`` on a copy of the module
-       tree, then ``forward_intermediates(..., stop_early=True)``;
-    2. an ``nn.Sequential`` cut at a top-level child: the prefix of its children;
-    3. a torch.fx graph cut (torch.fx directly, no torchvision), used when the traced graph is the
-       same in train and eval mode; submodules whose forward cannot be traced (data-dependent
-       control flow) are kept whole as leaves of the graph;
-    4. otherwise a copy of the module tree whose forward stops at the layer through a hook. The
-       modules the traced forward reaches only after the cut are removed (the layer lies inside
-       an untraceable leaf, or the graph differs between train and eval mode); when the model's
-       own forward cannot be traced, the compute after the cut is skipped but its parameters
-       stay referenced.
+    1. ``"timm"``, timm models with an int index: timm's ``prune_intermediate_layers`` on a copy
+       of the module tree, then ``forward_intermediates(..., stop_early=True)``;
+    2. ``"sequential"``, an ``nn.Sequential`` cut at a top-level child: the prefix of its
+       children;
+    3. ``"blocks"``, Hugging Face and open_clip encoders: the block list (``encoder.layer``,
+       ``encoder.layers``, ``layers``, ``transformer.resblocks``, ...) cut after the block that
+       holds the layer, the other towers of a two-tower model removed, and the forward stopped at
+       the layer;
+    4. ``"fx"``, a torch.fx graph cut (torch.fx directly, no torchvision), used when the traced
+       graph is the same in train and eval mode; submodules whose forward cannot be traced are
+       kept whole as leaves of the graph;
+    5. ``"hook"``, otherwise: a copy of the module tree whose forward stops at the layer. The
+       modules the traced forward reaches only after the cut are removed; when the model's own
+       forward cannot be traced, the compute after the cut is skipped but its parameters stay.
 
-    State dicts use the original keys: the truncated module's keys are a subset of the model's,
-    and ``load_state_dict`` accepts a full-model checkpoint (keys of the removed part are dropped,
-    a DDP ``module.`` prefix is stripped), so a pretrained SSL checkpoint can be cut.
+    A module that runs several times in one forward (ALBERT's shared layer) needs ``call=`` (or
+    ``"name@k"``), as in `LayerTap`; ``"name:in"`` cuts at a module's input.
+
+    The result is a `Truncated` module: state dicts use the original keys, ``load_state_dict``
+    accepts a full-model checkpoint (keys of the removed part skipped and reported, a DDP
+    ``module.`` prefix stripped, any other mismatch an error), and it pickles, deep-copies and
+    ``torch.save``s.
 
     Args:
-        model: the encoder (compile / DDP / DataParallel wrappers are unwrapped).
-        layer: one layer spec, as for `LayerTap` (module name or timm int index).
+        model: the encoder (compile / DDP / DataParallel / FSDP wrappers are unwrapped).
+        layer: one layer spec, as for `LayerTap` (module name, ``"name:in"``, ``"name@k"`` or
+            timm int index).
         pool: pooling, as for `LayerTap`.
+        num_prefix_tokens: as for `LayerTap`.
+        call: which call of a module that runs several times, as for `LayerTap`.
 
     Returns:
-        The truncated ``nn.Module`` (train / eval mode of the original).
+        The `Truncated` module (train / eval mode of the original).
 
     Raises:
-        HeadkitError: unknown layer (closest names listed), index out of range, or a glob that
-            matches more than one module.
+        HeadkitError: a non-module, unknown layer (closest names listed), index out of range, a
+            glob that matches more than one module, or a module that runs several times without
+            ``call=``.
 
     Example:
         >>> import torch
@@ -320,68 +601,117 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
         >>> cut = truncate_at(net, "1")
         >>> cut(torch.randn(2, 8)).shape
         torch.Size([2, 16])
-        >>> sum(p.numel() for p in cut.parameters())
+        >>> cut.kept_params
         144
     """
     inner = unwrap(check_module(model, "truncate_at"))
     pool = check_pool(pool)
-    targets = resolve(inner, layer)
+    if call == "all":
+        raise HeadkitError("truncate_at returns one output: call must be None or an int, not 'all'")
+    targets = parse_targets(inner, layer, call)
     if len(targets) != 1:
         raise HeadkitError(
             f"truncate_at needs exactly one layer, but {layer!r} matches {len(targets)}: "
-            f"{[t for _, t in targets][:8]}"
+            f"{[t.name for t in targets][:8]}"
         )
-    key, target = targets[0]
-    npt = num_prefix_tokens(inner)
-    out: nn.Module | None = None
-    if isinstance(target, int):
-        tc: Any = copy_module_tree(inner)
-        tc.prune_intermediate_layers(indices=[target], prune_norm=True, prune_head=True)
-        tc.__class__ = _swapped_class(_TimmTruncated, type(inner))
-        tc._hk_index = target
-        tc._hk_pool = pool
-        tc._hk_npt = npt
+    t = targets[0]
+    if t.call == "all":
+        raise HeadkitError(f"truncate_at returns one output; {layer!r} asks for every call")
+    total = sum(p.numel() for p in inner.parameters())
+    original_keys = frozenset(inner.state_dict())
+    common: dict[str, Any] = {
+        "layer": layer,
+        "target": t,
+        "pool": pool,
+        "total_params": total,
+        "original_keys": original_keys,
+        "arg_names": _arg_names(inner),
+        "pad_id": _pad_id(inner),
+        "training": inner.training,
+    }
+    if t.index is not None:
+        clone: Any = copy_module_tree(inner)
+        clone.prune_intermediate_layers(indices=[t.index], prune_norm=True, prune_head=True)
         fi: Any = inner.forward_intermediates
         params = inspect.signature(fi).parameters
-        opts: dict[str, Any] = {"indices": [target], "intermediates_only": True}
+        opts: dict[str, Any] = {"indices": [t.index], "intermediates_only": True}
         if "stop_early" in params:
             opts["stop_early"] = True
         if needs_prefix(pool) and "return_prefix_tokens" in params:
             opts["return_prefix_tokens"] = True
-        tc._hk_opts = opts
-        out = tc
-    elif isinstance(inner, nn.Sequential) and target in inner._modules:
-        names = list(inner._modules)
-        kept = OrderedDict((n, inner._modules[n]) for n in names[: names.index(target) + 1])
-        seq = nn.Sequential(kept)
-        if pool is not None:
-            seq.add_module("headkit_pool", _PoolModule(pool, npt, key))
-        out = seq
+        return Truncated(clone, route="timm", npt=0, hint=None, runner=opts, **common)
+    name = str(t.name)
+    module = inner.get_submodule(name)
+    npt = num_prefix_tokens if num_prefix_tokens is not None else _npt(inner, name)
+    common["npt"] = npt
+    common["hint"] = channel_hint(module, pre=t.pre)
+    # every route works on a copy of the module tree (the same parameters and buffers): the
+    # cut's train()/eval() and hooks never reach the user's modules
+    clone = copy_module_tree(inner)
+    if isinstance(clone, nn.Sequential) and name in clone._modules:
+        return Truncated(_sequential(clone, t), route="sequential", **common)
+    lib = type(inner).__module__.split(".", 1)[0]
+    end = _cut_blocks(clone, inner, name) if lib in ("transformers", "open_clip") else None
+    if end is not None:
+        return _hooked(clone, t, "blocks", common, end=end)
+    route = _fx_route(clone, t)
+    if isinstance(route, torch.fx.GraphModule):
+        return Truncated(route, route="fx", **common)
+    if route is not None:  # traced, but not to one exact graph: prune what is not used
+        _prune_unused(clone, route)
+    return _hooked(clone, t, "hook", common)
+
+
+def _npt(inner: nn.Module, name: str) -> int | None:
+    return num_prefix_tokens(inner, name)
+
+
+def _pad_id(inner: nn.Module) -> int | None:
+    pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) else None
+
+
+def _sequential(inner: nn.Sequential, t: Target) -> nn.Sequential:
+    names = list(inner._modules)
+    mods = list(inner._modules.values())
+    target = inner._modules[str(t.name)]
+    positions = [i for i, m in enumerate(mods) if m is target]
+    if len(positions) > 1 and t.call is None:
+        raise HeadkitError(
+            f"truncate_at: module {t.name!r} runs {len(positions)} times in one forward (it is "
+            f"registered under {[names[i] for i in positions]}); say which call to cut at: "
+            f"call=0, call=-1, or '{t.name}@-1'"
+        )
+    k = 0 if t.call is None else int(t.call)
+    if not -len(positions) <= k < len(positions):
+        raise HeadkitError(
+            f"truncate_at: call {t.call} of {t.name!r}, which runs {len(positions)} time(s)"
+        )
+    pos = positions[k]
+    end = pos if t.pre else pos + 1
+    kept: OrderedDict[str, nn.Module] = OrderedDict()
+    for n in names[:end]:
+        m = inner._modules[n]
+        assert m is not None
+        kept[n] = m
+    return nn.Sequential(kept)
+
+
+def _hooked(
+    clone: nn.Module, t: Target, route: str, common: dict[str, Any], end: str | None = None
+) -> Truncated:
+    name = str(t.name)
+    state = _CutState(name, t.call if t.call != "all" else None)
+    module = clone.get_submodule(name)
+    if isinstance(module, _Removed):
+        raise HeadkitError(f"truncate_at: layer {name!r} lies in a removed part of the model")
+    hook = _StopHook(state, pre=t.pre)
+    if t.pre:
+        module.register_forward_pre_hook(hook, with_kwargs=True)
     else:
-        route = _fx_route(inner, target)
-        if isinstance(route, torch.fx.GraphModule):
-            gm = route
-            if pool is not None:
-                gm.add_submodule("headkit_pool", _PoolModule(pool, npt, key))
-                node_out = next(n for n in gm.graph.nodes if n.op == "output")
-                with gm.graph.inserting_before(node_out):
-                    pooled = gm.graph.call_module("headkit_pool", (node_out.args[0],))
-                node_out.args = (pooled,)
-                gm.recompile()
-            out = gm
-        else:
-            clone: Any = copy_module_tree(inner)
-            base = type(inner)
-            if route is not None:  # traced, but not to one exact graph: prune what is not used
-                _prune_unused(clone, route)
-            clone.get_submodule(target).register_forward_hook(_stop_hook)
-            clone.__class__ = _swapped_class(_HookTruncated, base)
-            clone._hk_pool = pool
-            clone._hk_npt = npt
-            clone._hk_key = key
-            clone._hk_base = base
-            out = clone
-    out.train(inner.training)
-    dropped = frozenset(inner.state_dict()) - frozenset(out.state_dict())
-    out.register_load_state_dict_pre_hook(functools.partial(_drop_keys_hook, dropped))
-    return out
+        module.register_forward_hook(hook)
+    if end is not None:
+        # every call of the layer has happened when the last kept block ends: the forward that
+        # counts the calls stops there (the rest of the model may not run on a cut block list)
+        clone.get_submodule(end).register_forward_hook(_EndHook(state))
+    return Truncated(clone, route=route, state=state, **common)
