@@ -4,7 +4,7 @@ Public surface (everything else is private):
 
 - heads: `MLPHead` (with the presets of the common SSL methods), `ReweightHead`;
 - losses: `NTXentLoss`, `SupConLoss`, `InfoNCELoss` (functional forms in `headkit.ops`);
-- layers: `LayerTap`, `feature_info`, `truncate_at`, `load_checkpoint` (`LoadReport`);
+- layers: `LayerTap`, `feature_info`, `truncate_at` (`Truncated`), `load_checkpoint` (`LoadReport`);
 - sweeps: `layer_sweep`, `SweepReport` (and the rest of `headkit.probe`);
 - `HeadkitError`, the one error type (a `ValueError`).
 """
@@ -18,7 +18,7 @@ from ._heads import MLPHead, ReweightHead
 from ._model import LoadReport, load_checkpoint
 from ._probe import SweepReport, layer_sweep
 from ._tap import LayerTap, TapInfo, feature_info
-from ._truncate import truncate_at
+from ._truncate import Truncated, truncate_at
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "SupConLoss",
     "SweepReport",
     "TapInfo",
+    "Truncated",
     "__version__",
     "feature_info",
     "heads",

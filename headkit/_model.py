@@ -23,6 +23,7 @@ from ._errors import HeadkitError, closest
 
 __all__ = [
     "Call",
+    "Hint",
     "LayerSpec",
     "LoadReport",
     "Target",
@@ -469,62 +470,44 @@ def num_prefix_tokens(model: nn.Module, layer: str | None = None) -> int | None:
 
 # ----------------------------------------------------------------------------- layouts
 
-_FIRST = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-)
-_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
+Hint = tuple[frozenset[int], frozenset[int]]
 
 
-def channel_hint(module: nn.Module, *, pre: bool = False) -> tuple[str, int] | None:
-    """Where the channels of ``module``'s output probably are, from its last weight layer:
-    ``("first", C)`` after a conv / batch norm (``(B, C, L)``, ``(B, C, H, W)``), ``("last", C)``
-    after a linear / layer norm (``(B, T, C)`` tokens, ``(B, H, W, C)`` maps as in Swin), or
-    None. With ``pre=True``, for the module's input, from its first weight layer. A hint only:
+def channel_hint(module: nn.Module, *, pre: bool = False) -> Hint:
+    """Channel sizes of the weight layers in ``module``: ``(first, last)``, the sizes layers
+    with channels first produce (conv, batch norm: ``(B, C, L)``, ``(B, C, H, W)``) and those
+    with channels last produce (linear, layer norm: ``(B, T, C)`` tokens, ``(B, H, W, C)`` maps
+    as in Swin). With ``pre=True``, the sizes they take (for the module's input). A hint only:
     the pooling checks it against the output's shape."""
-    last: nn.Module | None = None
+    first: set[int] = set()
+    last: set[int] = set()
     for m in module.modules():
-        if isinstance(m, _FIRST + _LAST) and any(True for _ in m.parameters(recurse=False)):
-            last = m
-            if pre:
-                break
-    if last is None:
-        return None
-    if pre:
-        if isinstance(
-            last, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+        if not any(True for _ in m.parameters(recurse=False)):
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            first.add(int(m.in_channels if pre else m.out_channels))
+        elif isinstance(
+            m,
+            (
+                nn.BatchNorm1d,
+                nn.BatchNorm2d,
+                nn.BatchNorm3d,
+                nn.InstanceNorm1d,
+                nn.InstanceNorm2d,
+            ),
         ):
-            return ("first", int(last.in_channels))
-        if isinstance(last, nn.Linear):
-            return ("last", int(last.in_features))
-        if isinstance(last, nn.Embedding):
-            return None
-    if isinstance(last, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
-        return ("first", int(last.out_channels))
-    if isinstance(
-        last, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d)
-    ):
-        return ("first", int(last.num_features))
-    if isinstance(last, nn.GroupNorm):
-        return ("first", int(last.num_channels))
-    if isinstance(last, nn.Linear):
-        return ("last", int(last.out_features))
-    if isinstance(last, nn.LayerNorm):
-        return ("last", int(last.normalized_shape[-1]))
-    if isinstance(last, nn.Embedding):
-        return ("last", int(last.embedding_dim))
-    if isinstance(last, nn.MultiheadAttention):
-        return ("last", int(last.embed_dim))
-    return None
+            first.add(int(m.num_features))
+        elif isinstance(m, nn.GroupNorm):
+            first.add(int(m.num_channels))
+        elif isinstance(m, nn.Linear):
+            last.add(int(m.in_features if pre else m.out_features))
+        elif isinstance(m, nn.LayerNorm):
+            last.add(int(m.normalized_shape[-1]))
+        elif isinstance(m, nn.MultiheadAttention):
+            last.add(int(m.embed_dim))
+        elif isinstance(m, nn.Embedding) and not pre:
+            last.add(int(m.embedding_dim))
+    return frozenset(first), frozenset(last)
 
 
 # ----------------------------------------------------------------------------- block lists

@@ -54,7 +54,7 @@ class PoolContext:
         text: the call passed ``input_ids`` (position 0 is the tokenizer's ``[CLS]`` / BOS).
         pad_id: the model's ``pad_token_id`` (to refuse averaging padding without a mask).
         input_ids: the ``input_ids`` of the call (only read when no mask was passed).
-        hint: ``("first" | "last", C)`` channel position from the layer's last weight layer.
+        hint: ``(first, last)`` channel sizes of the layer's weight layers (`channel_hint`).
     """
 
     npt: int | None = 0
@@ -63,7 +63,7 @@ class PoolContext:
     text: bool = False
     pad_id: int | None = None
     input_ids: Tensor | None = None
-    hint: tuple[str, int] | None = None
+    hint: tuple[frozenset[int], frozenset[int]] | None = None
 
 
 def pick_tensor(out: Any) -> tuple[Any, str | None]:
@@ -107,12 +107,12 @@ def _layout(t: Tensor, ctx: PoolContext) -> str:
     """``"tokens"`` (B, T, C), ``"ncl"`` (B, C, L), ``"nchw"`` or ``"nhwc"`` (or ``"vec"``)."""
     if t.dim() <= 2:
         return "vec"
-    hint = ctx.hint
+    first, last = ctx.hint or (frozenset(), frozenset())
     if t.dim() == 3:
-        if hint and hint[0] == "first" and t.shape[1] == hint[1] and t.shape[2] != hint[1]:
+        if t.shape[1] in first and t.shape[2] not in last:
             return "ncl"
         return "tokens"
-    if hint and hint[0] == "last" and t.shape[-1] == hint[1] and t.shape[1] != hint[1]:
+    if t.shape[-1] in last and t.shape[1] not in first | last:
         return "nhwc"
     return "nchw"
 

@@ -20,6 +20,7 @@ from ._errors import HeadkitError, fmt_shape
 from ._fx import call_counts
 from ._model import (
     Call,
+    Hint,
     LayerSpec,
     Target,
     channel_hint,
@@ -240,8 +241,6 @@ class _TapState:
         self.any_ran = True
         n = self.counts.get(slot, 0)
         self.counts[slot] = n + 1
-        if n >= 1 and slot in self.once and self.depth > 0:
-            raise _ran_twice(slot, n + 1)
         if slot not in self.keep_all and n not in self.keep.get(slot, ()):
             return
         if self.detach:
@@ -476,7 +475,7 @@ class LayerTap:
         self._state = _TapState(self)
         self._handles: list[RemovableHandle] = []
         self._outputs = _Outputs(self)
-        self._ctx_cache: dict[LayerSpec, tuple[int | None, tuple[str, int] | None]] = {}
+        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None]] = {}
         self._traced = False
         modules = dict(self.inner.named_modules())
         st = self._state
@@ -888,8 +887,11 @@ class LayerTap:
         st = self._state
         fired_any = bool(st.counts or st.any_ran or st.root_ran)
         missing = [t.key for t in self.targets if t.index is None and not st.counts.get(t.slot)]
+        twice = [(s, st.counts[s]) for s in st.once if st.counts.get(s, 0) > 1]
         st.active = False
         self.close()
+        if exc_type is None and twice:
+            raise _ran_twice(*twice[0])
         if exc_type is None and missing and (fired_any or self.compiled):
             raise self._never_ran(missing)
 

@@ -17,6 +17,7 @@ from ._fx import trace as _trace
 from ._fx import within as _within
 from ._model import (
     Call,
+    Hint,
     LayerSpec,
     Target,
     block_lists,
@@ -241,7 +242,7 @@ class Truncated(nn.Module):
         target: Target,
         pool: Pool,
         npt: int | None,
-        hint: tuple[str, int] | None,
+        hint: Hint | None,
         total_params: int,
         original_keys: frozenset[str],
         runner: Any = None,
