@@ -476,6 +476,10 @@ class LayerTap:
         self._handles: list[RemovableHandle] = []
         self._outputs = _Outputs(self)
         self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None]] = {}
+        self._fsdp = _has_fsdp(model)
+        self._through = self._fsdp or (
+            not self.compiled and any(isinstance(w, nn.DataParallel) for w in self.wrappers)
+        )
         self._traced = False
         modules = dict(self.inner.named_modules())
         st = self._state
@@ -634,7 +638,7 @@ class LayerTap:
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, stop: bool, with_output: bool
     ) -> tuple[Any, dict[Target | int, Any]]:
         st = self._state
-        fsdp = _has_fsdp(self.model)
+        fsdp = self._fsdp
         stop = stop and not fsdp and not self._indices
         if stop and not self._plan_stop():
             stop = False
@@ -667,7 +671,8 @@ class LayerTap:
                 else:
                     st.stopping = stop
                     try:
-                        output = self.model(*a, **k) if fsdp else self.inner(*a, **k)
+                        # FSDP / DataParallel: through the wrapper (unsharding, device moves)
+                        output = self.model(*a, **k) if self._through else self.inner(*a, **k)
                     except _StopForward:
                         stopped = True
             except BaseException:
