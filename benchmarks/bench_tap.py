@@ -108,9 +108,9 @@ def params_kept() -> None:
         "HF BertModel (base)": lambda: T.BertModel(T.BertConfig()),
         "HF ConvNextModel (tiny)": lambda: T.ConvNextModel(T.ConvNextConfig()),
         "HF SwinModel (tiny)": lambda: T.SwinModel(T.SwinConfig()),
-        "open_clip ViT-B-32 visual": lambda: open_clip.create_model(
-            "ViT-B-32", pretrained=None
-        ).visual,
+        "open_clip ViT-B-32 visual": lambda: (
+            open_clip.create_model("ViT-B-32", pretrained=None).visual
+        ),
         "open_clip RN50 visual": lambda: open_clip.create_model("RN50", pretrained=None).visual,
         "open_clip ViT-B-32 (whole CLIP)": lambda: open_clip.create_model(
             "ViT-B-32", pretrained=None

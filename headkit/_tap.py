@@ -952,7 +952,9 @@ class LayerTap:
     def describe(
         self, input_shape: Sequence[int], dtype: torch.dtype = torch.float32
     ) -> dict[LayerSpec, TapInfo]:
-        """Shape and dtype of every tap from a dry run on the meta device (no data, no compute).
+        """Shape and dtype of every tap from a dry run on the meta device (no data, no compute;
+        models the meta device cannot run, such as Hugging Face text models, run a copy in eval
+        mode on zeros).
 
         Args:
             input_shape: shape of one input batch, e.g. ``(1, 3, 224, 224)`` (passed as the
@@ -971,35 +973,24 @@ class LayerTap:
             (2, 8)
         """
         self._check_open()
-        meta_model = copy_module_tree(self.inner, meta=True)
-        tap = LayerTap(
-            meta_model,
-            self.specs,
-            pool=self.pool,
-            detach=True,
-            stop_early=self.stop_early,
-            num_prefix_tokens=self.npt_override,
-            call=self.call,
-        )
-        raw_tap = (
-            LayerTap(meta_model, self.specs, detach=True, call=self.call) if self.pool else tap
-        )
+        shape = tuple(int(s) for s in input_shape)
         try:
-            with torch.no_grad():
-                x = torch.empty(tuple(int(s) for s in input_shape), dtype=dtype, device="meta")
-                try:
-                    outs = tap(x)
-                    raws = raw_tap(x) if raw_tap is not tap else outs
-                except HeadkitError:
-                    raise
-                except Exception as err:
-                    raise HeadkitError(
-                        f"dry run of {type(self.inner).__name__} on the meta device with input "
-                        f"{fmt_shape(input_shape)} failed: {type(err).__name__}: {err}"
-                    ) from err
-        finally:
-            tap.close()
-            raw_tap.close()
+            outs, raws = self._dry_run(shape, dtype, meta=True)
+        except HeadkitError:
+            raise
+        except Exception as meta_err:
+            # some models call .item() or branch on values (Hugging Face attention masks): run
+            # a copy in eval mode on a constant input instead (the same parameters, nothing updated)
+            try:
+                outs, raws = self._dry_run(shape, dtype, meta=False)
+            except HeadkitError:
+                raise
+            except Exception as err:
+                raise HeadkitError(
+                    f"dry run of {type(self.inner).__name__} with input {fmt_shape(shape)} "
+                    f"failed on the meta device ({type(meta_err).__name__}: {meta_err}) and on "
+                    f"zeros ({type(err).__name__}: {err})"
+                ) from err
         info: dict[LayerSpec, TapInfo] = {}
         for t in self.targets:
             o = outs[t.key]
@@ -1016,6 +1007,40 @@ class LayerTap:
             layer: int | str = t.index if t.index is not None else str(t.name)
             info[t.key] = TapInfo(tuple(tensor.shape), tensor.dtype, layer, element, npt, t.pre)
         return info
+
+    def _dry_run(
+        self, shape: tuple[int, ...], dtype: torch.dtype, *, meta: bool
+    ) -> tuple[dict[LayerSpec, Any], dict[LayerSpec, Any]]:
+        model = copy_module_tree(self.inner, meta=meta)
+        if not meta:
+            model.eval()  # a copy of the module tree: the user's modules keep their mode
+        tap = LayerTap(
+            model,
+            self.specs,
+            pool=self.pool,
+            detach=True,
+            stop_early=self.stop_early,
+            num_prefix_tokens=self.npt_override,
+            call=self.call,
+        )
+        raw_tap = LayerTap(model, self.specs, detach=True, call=self.call) if self.pool else tap
+        try:
+            with torch.no_grad():
+                if meta:
+                    x = torch.empty(shape, dtype=dtype, device="meta")
+                else:
+                    first = next(iter(self.inner.parameters()), None)
+                    device = first.device if first is not None else None
+                    fill = 0
+                    if not dtype.is_floating_point:  # token ids: any id but padding
+                        fill = 2 if self._pad_id == 1 else 1
+                    x = torch.full(shape, fill, dtype=dtype, device=device)
+                outs = tap(x)
+                raws = raw_tap(x) if raw_tap is not tap else outs
+        finally:
+            tap.close()
+            raw_tap.close()
+        return outs, raws
 
     def __repr__(self) -> str:
         return (

@@ -319,3 +319,17 @@ def test_gradient_checkpointing(built: dict[str, Built]) -> None:
         grads(model, inside)
     # features only: fine
     LayerTap(model, [inside], detach=True)(x)
+
+
+def test_feature_info_notes_and_text(built: dict[str, Built]) -> None:
+    swin = built["SwinModel"]
+    layer = swin.layers[1]
+    info = feature_info(swin.model, [layer], (2, 3, 32, 32), pool="mean")[layer]
+    assert info.element == "element 0 of a tuple of 3"  # Swin stages return tuples
+    assert info.shape == (2, swin.hidden[2].shape[-1])
+    bert = built["BertModel"]
+    # the meta device cannot run BERT (.item() in its mask code): a copy runs on a constant
+    modes = [m.training for m in bert.model.modules()]
+    text = feature_info(bert.model, bert.layers, (3, 7), pool="mean", dtype=torch.long)
+    assert all(v.shape == (3, 32) for v in text.values())
+    assert [m.training for m in bert.model.modules()] == modes
