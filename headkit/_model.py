@@ -364,7 +364,8 @@ _REG_NAMES = ("reg_token", "register_tokens", "registers", "reg_tokens")
 _SUSPECT = re.compile(r"(cls|class_emb|token|register|prefix|distill)", re.IGNORECASE)
 _NOT_PREFIX = re.compile(
     r"(mask_token|token_embed|token_type|word_emb|tokenizer|position|pos_emb|tokens_per|"
-    r"token_mixer|token_mixing|tokens_mlp|token_mlp|cls_head|class_head|classifier|num_tokens)",
+    r"token_mixer|token_mixing|tokens_mlp|token_mlp|cls_head|class_head|classifier|num_tokens|"
+    r"probe|query|queries|latent|relative|rel_pos|bias_table|gamma|scale|norm)",
     re.IGNORECASE,
 )
 
@@ -377,9 +378,10 @@ def _own_tensors(
             yield full, t
 
 
-def _token_kind(full: str) -> str | None:
+def _token_kind(full: str, t: Any = None) -> str | None:
     """ "cls" / "dist" / "reg" for a known prefix-token tensor name, "?" for one that only looks
-    like one, None otherwise."""
+    like one (by name, or a ``(1, k, D)`` parameter with a few rows that is not a known kind),
+    None otherwise."""
     last = full.rsplit(".", 1)[-1]
     if last in _CLS_NAMES:
         return "cls"
@@ -387,8 +389,18 @@ def _token_kind(full: str) -> str | None:
         return "dist"
     if last in _REG_NAMES:
         return "reg"
-    if _SUSPECT.search(last) and not _NOT_PREFIX.search(full):
+    if _NOT_PREFIX.search(full):
+        return None
+    if _SUSPECT.search(last):
         return "?"
+    if (
+        isinstance(t, nn.Parameter)
+        and t.dim() == 3
+        and t.shape[0] == 1
+        and 1 <= t.shape[1] <= 16
+        and t.shape[2] > 1
+    ):
+        return "?"  # looks like learned tokens prepended to the sequence
     return None
 
 
@@ -400,7 +412,7 @@ def _count_in(module: nn.Module, skip: frozenset[str] = frozenset()) -> int | No
         return n
     count = 0
     for full, t in _own_tensors(module, skip):
-        kind = _token_kind(full)
+        kind = _token_kind(full, t)
         if kind is None or not isinstance(t, Tensor):
             continue
         if kind == "?":
@@ -416,7 +428,7 @@ def _has_tokens(module: nn.Module, skip: frozenset[str]) -> bool:
     n = getattr(module, "num_prefix_tokens", None)
     if isinstance(n, int) and not isinstance(n, bool):
         return True
-    return any(_token_kind(full) is not None for full, _ in _own_tensors(module, skip))
+    return any(_token_kind(full, t) is not None for full, t in _own_tensors(module, skip))
 
 
 def num_prefix_tokens(model: nn.Module, layer: str | None = None) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -231,6 +232,23 @@ def _unknown_prefix(t: Tensor, key: object, pool: str) -> HeadkitError:
     )
 
 
+def _is_square(n: int) -> bool:
+    r = math.isqrt(n)
+    return r * r == n
+
+
+def _check_prefix_present(t: Tensor, ctx: PoolContext, key: object, pool: str) -> None:
+    """A token output that is a square grid without the model's prefix tokens (they are added
+    after this layer, as in CaiT): refuse to skip patch tokens."""
+    n, npt = int(t.shape[1]), ctx.npt
+    if npt and not ctx.text and _is_square(n) and not _is_square(n - npt):
+        raise HeadkitError(
+            f"pool={pool!r}: layer {key!r} has {n} tokens, a square grid of patches without the "
+            f"{npt} prefix token(s) the model adds elsewhere (e.g. later, as CaiT does); pass "
+            "num_prefix_tokens=0 if this layer has none"
+        )
+
+
 def _cls(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor:
     if ctx.npt is None and not ctx.text:
         raise _unknown_prefix(t, key, pool)
@@ -240,6 +258,7 @@ def _cls(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor:
             "(the model has no prefix tokens); use pool='mean', or pass num_prefix_tokens= if "
             "the first token is one"
         )
+    _check_prefix_present(t, ctx, key, pool)
     return t[:, 0]
 
 
@@ -247,6 +266,7 @@ def _patch_mean(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor:
     npt = ctx.npt
     if npt is None:
         raise _unknown_prefix(t, key, pool)
+    _check_prefix_present(t, ctx, key, pool)
     mask = _token_mask(t, ctx, key, pool)
     if t.shape[1] <= npt:
         raise HeadkitError(

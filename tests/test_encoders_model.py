@@ -163,6 +163,32 @@ def test_prefix_tokens_unknown_is_none() -> None:
 
     assert num_prefix_tokens(Odd()) is None
 
+    class Learned(nn.Module):  # (1, k, D) learned rows, whatever their name: not guessed
+        def __init__(self) -> None:
+            super().__init__()
+            self.extra = nn.Parameter(torch.zeros(1, 3, 4))
+            self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))  # a known kind: fine
+            self.blocks = nn.Sequential(nn.Linear(4, 4))
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.blocks(torch.cat([self.extra.expand(t.shape[0], -1, -1), t], 1))
+
+    assert num_prefix_tokens(Learned()) is None
+    with pytest.raises(HeadkitError, match="num_prefix_tokens="):
+        LayerTap(Learned(), ["blocks"], pool="mean")(torch.randn(2, 8, 4))
+
+
+def test_prefix_tokens_added_later_are_not_skipped() -> None:
+    """CaiT adds its class token after the self-attention blocks: their outputs have none."""
+    cait = timm.create_model("cait_xxs24_224", pretrained=False, depth=2).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with pytest.raises(HeadkitError, match=r"196 tokens, a square grid.*num_prefix_tokens=0"):
+        LayerTap(cait, ["blocks.1"], pool="mean")(x)
+    with torch.no_grad():
+        raw = LayerTap(cait, ["blocks.1"])(x)["blocks.1"]
+        got = LayerTap(cait, ["blocks.1"], pool="mean", num_prefix_tokens=0)(x)["blocks.1"]
+    torch.testing.assert_close(got, raw.mean(1))
+
 
 # ----------------------------------------------------------------------------- default layers
 
