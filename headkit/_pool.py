@@ -56,6 +56,7 @@ class PoolContext:
         pad_id: the model's ``pad_token_id`` (to refuse averaging padding without a mask).
         input_ids: the ``input_ids`` of the call (only read when no mask was passed).
         hint: ``(first, last)`` channel sizes of the layer's weight layers (`channel_hint`).
+        npt_given: ``npt`` was passed by the user (``num_prefix_tokens=``), not read.
     """
 
     npt: int | None = 0
@@ -65,6 +66,7 @@ class PoolContext:
     pad_id: int | None = None
     input_ids: Tensor | None = None
     hint: tuple[frozenset[int], frozenset[int]] | None = None
+    npt_given: bool = False
 
 
 def pick_tensor(out: Any) -> tuple[Any, str | None]:
@@ -239,13 +241,17 @@ def _is_square(n: int) -> bool:
 
 def _check_prefix_present(t: Tensor, ctx: PoolContext, key: object, pool: str) -> None:
     """A token output that is a square grid without the model's prefix tokens (they are added
-    after this layer, as in CaiT): refuse to skip patch tokens."""
+    after this layer, as in CaiT): refuse to skip patch tokens. An explicit
+    ``num_prefix_tokens=`` is trusted."""
     n, npt = int(t.shape[1]), ctx.npt
-    if npt and not ctx.text and _is_square(n) and not _is_square(n - npt):
+    if ctx.npt_given or not npt or ctx.text:
+        return
+    if _is_square(n) and not _is_square(n - npt):
         raise HeadkitError(
             f"pool={pool!r}: layer {key!r} has {n} tokens, a square grid of patches without the "
-            f"{npt} prefix token(s) the model adds elsewhere (e.g. later, as CaiT does); pass "
-            "num_prefix_tokens=0 if this layer has none"
+            f"{npt} prefix token(s) the model adds elsewhere (e.g. later, as CaiT does): pass "
+            f"num_prefix_tokens=0 if this layer has none, or num_prefix_tokens={npt} if its "
+            "tokens do start with them (a grid of patches that is not square)"
         )
 
 

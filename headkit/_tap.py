@@ -826,6 +826,7 @@ class LayerTap:
             pad_id=self._pad_id,
             input_ids=st.input_ids,
             hint=hint,
+            npt_given=self.npt_override is not None,
         )
 
     def _finish_all(self, raw: dict[Target | int, Any]) -> dict[LayerSpec, Any]:

@@ -250,6 +250,7 @@ class Truncated(nn.Module):
         arg_names: tuple[str, ...] = (),
         pad_id: int | None = None,
         training: bool = True,
+        npt_given: bool = False,
     ) -> None:
         super().__init__()
         # the implementation's modules, parameters and buffers ARE the cut's (one dict each):
@@ -264,6 +265,7 @@ class Truncated(nn.Module):
         self.target = target
         self.pool = pool
         self.npt = npt
+        self.npt_given = npt_given
         self.hint = hint
         self.total_params = total_params
         self.runner = runner
@@ -365,6 +367,7 @@ class Truncated(nn.Module):
             pad_id=self.pad_id,
             input_ids=ids if isinstance(ids, Tensor) else None,
             hint=self.hint,
+            npt_given=self.npt_given,
         )
 
 
@@ -645,6 +648,7 @@ def truncate_at(
     module = inner.get_submodule(name)
     npt = num_prefix_tokens if num_prefix_tokens is not None else _npt(inner, name)
     common["npt"] = npt
+    common["npt_given"] = num_prefix_tokens is not None
     common["hint"] = channel_hint(module, pre=t.pre)
     # every route works on a copy of the module tree (the same parameters and buffers): the
     # cut's train()/eval() and hooks never reach the user's modules
