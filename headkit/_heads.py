@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
@@ -315,6 +316,7 @@ class MLPHead(nn.Module):
         return f"input_dim={self.input_dim}, hidden_dim={self.hidden_dim}, output_dim={self.output_dim}, num_layers={self.num_layers}"
 
 
+@functools.cache
 def _limits(dtype: torch.dtype) -> tuple[float, float]:
     """``x`` range where ``exp(-x)`` is neither 0 nor inf in ``dtype`` (rounded from float64)."""
     fi = torch.finfo(dtype)
@@ -488,10 +490,19 @@ class ReweightHead(nn.Module):
         return _dead_count(self.dim, value, dt)
 
     def _check_dead(self, log_kappa: float, dtype: torch.dtype) -> None:
-        """Warn when ``log_kappa`` moved by a meaningful amount and leaves dead coordinates."""
+        """Warn when ``log_kappa`` moved by a meaningful amount and leaves dead coordinates.
+
+        Host arithmetic only: an O(1) range test, and an O(dim) count only near or past the
+        representable range when kappa moved since the last count.
+        """
+        lo, hi = _limits(dtype)
+        x = (self.dim - 1) * log_kappa
         last = self._dead.get(dtype)
-        if last is not None and abs(log_kappa - last[0]) * max(self.dim - 1, 1) <= 1e-3:
-            return  # the tail weights changed by less than 0.1%: the count cannot have changed much
+        if lo * 0.999 < x < hi * 0.999:  # every weight representable: nothing to count
+            self._dead[dtype] = (log_kappa, 0)
+            return
+        if last is not None and last[1] and abs(log_kappa - last[0]) * max(self.dim - 1, 1) <= 1e-3:
+            return  # the tail weights moved by less than 0.1% since the last count
         dead = _dead_count(self.dim, log_kappa, dtype)
         self._dead[dtype] = (log_kappa, dead)
         if dead and (last is None or last[1] != dead):

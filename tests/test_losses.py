@@ -442,7 +442,7 @@ def test_gather_distributed_without_torch_distributed_raises(
         lambda: InfoNCELoss(gather_distributed=True),
         lambda: nt_xent(torch.randn(4, 3), torch.randn(4, 3), gather_distributed=True),
     ):
-        with pytest.raises(ValueError, match="torch.distributed is not available"):
+        with pytest.raises(ValueError, match=r"torch\.distributed is not available"):
             make()
     with pytest.raises(ValueError):
         lightly_loss.NTXentLoss(gather_distributed=True)
@@ -463,7 +463,7 @@ def test_gather_distributed_without_process_group(monkeypatch: pytest.MonkeyPatc
         lambda: info_nce(z0, z1, gather_distributed=True),
         lambda: sup_con(torch.stack([z0, z1], 1), None, gather_distributed=True),
     ):
-        with pytest.raises(HeadkitError, match="WORLD_SIZE=2.*not initialised"):
+        with pytest.raises(HeadkitError, match=r"WORLD_SIZE=2.*not initialised"):
             call()
 
 
