@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import io
+import math
 import warnings
 
 import pytest

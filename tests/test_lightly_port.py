@@ -143,7 +143,8 @@ def test_memory_bank_size_rules_as_lightly_1_6() -> None:
 
 def test_memory_bank_negative_size() -> None:
     with pytest.raises(
-        ValueError, match="Illegal memory bank size -1, all entries must be non-negative."
+        ValueError,
+        match=re.escape("Illegal memory bank size -1, all entries must be non-negative."),
     ):
         MemoryBank(size=-1)
     with pytest.raises(
