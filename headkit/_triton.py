@@ -35,6 +35,9 @@ import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _DOT = {"": 0, "bfloat16": 1, "float16": 2}
+# the interpreter's tl.dot mishandles bfloat16 operands (numpy has no bfloat16): there, a
+# bfloat16 dot is emulated by rounding to bfloat16 and multiplying in float32
+_BF16_EMULATED = tl.constexpr(_INTERPRET)
 
 
 def _lse_configs() -> list[triton.Config]:
@@ -78,7 +81,11 @@ def _load_rows(PTR, rows, n_rows, rd, D, stride):
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr, DOT: tl.constexpr):
     if DOT == 1:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        if _BF16_EMULATED:
+            a16 = a.to(tl.bfloat16).to(tl.float32)
+            return tl.dot(a16, b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+        else:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif DOT == 2:
         return tl.dot(a.to(tl.float16), b.to(tl.float16))
     else:
@@ -217,7 +224,8 @@ def _lse_fwd_kernel(
         l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
         m_i = m_new
     mrow = rm < A
-    tl.store(LSE + rm, m_i + tl.log(l_i), mask=mrow)
+    lse = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+    tl.store(LSE + rm, lse, mask=mrow)
     tl.store(POS + rm, p_i, mask=mrow)
     tl.store(CNT + rm, c_i, mask=mrow)
 

@@ -99,8 +99,9 @@ def _fwd_torch(
     if labels:
         prod = torch.empty(rb * tc, dtype=dt, device=dev)
         same = torch.empty(rb * tc, dtype=torch.bool, device=dev)
-    if index:
-        cnt.copy_(pos_idx >= 0)
+    if index:  # a positive that is also the excluded key does not count
+        pos_ok = (pos_idx >= 0) & (pos_idx != self_idx) if has_self else pos_idx >= 0
+        cnt.copy_(pos_ok)
     m = torch.empty(rb, dtype=dt, device=dev)
     s = torch.empty(rb, dtype=dt, device=dev)
     lowest = torch.finfo(dt).min
@@ -129,6 +130,7 @@ def _fwd_torch(
                 cnt[r0:r1] += sm.sum(1)
             elif index:
                 hit_p, pcol = _self_cols(pos_idx[r0:r1], c0, t)
+                hit_p &= pos_ok[r0:r1]
                 pos[r0:r1] += torch.where(hit_p, blk.gather(1, pcol)[:, 0], 0.0)
             if has_self:
                 blk.scatter_(1, scol, torch.where(hit[:, None], -math.inf, blk.gather(1, scol)))
