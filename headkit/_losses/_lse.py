@@ -71,10 +71,25 @@ def _use_triton(q: Tensor, dot: str) -> bool:
 
 
 def _self_cols(sib: Tensor, c0: int, t: int) -> tuple[Tensor, Tensor]:
-    """For each row of a block: whether its excluded key is in columns [c0, c0 + t), and where."""
+    """For each row of a block: whether its index is in columns [c0, c0 + t), and where."""
     col = sib - c0
     hit = (col >= 0) & (col < t)
     return hit, col.clamp(0, t - 1).unsqueeze(1)
+
+
+def _col_range(idx: Tensor) -> tuple[int, int] | None:
+    """Columns a block of per-row indices can hit: read on the host only for CPU tensors (free);
+    elsewhere None (every tile is masked: no device synchronisation)."""
+    if idx.device.type != "cpu":
+        return None
+    hit = idx[idx >= 0]
+    if hit.numel() == 0:
+        return (0, -1)
+    return int(hit.min()), int(hit.max())
+
+
+def _touches(rng: tuple[int, int] | None, c0: int, c1: int) -> bool:
+    return rng is None or (rng[0] < c1 and rng[1] >= c0)
 
 
 def _fwd_torch(
@@ -94,6 +109,7 @@ def _fwd_torch(
     if a == 0 or n == 0:
         return lse, pos, cnt
     labels, index, has_self = ql.numel() > 0, pos_idx.numel() > 0, self_idx.numel() > 0
+    qs = q * inv_t if inv_t != 1.0 else q  # logits straight out of the matmul
     rb, tc = tile_shape(a, n)
     buf = torch.empty(rb * tc, dtype=dt, device=dev)
     if labels:
@@ -103,43 +119,45 @@ def _fwd_torch(
         pos_ok = (pos_idx >= 0) & (pos_idx != self_idx) if has_self else pos_idx >= 0
         cnt.copy_(pos_ok)
     m = torch.empty(rb, dtype=dt, device=dev)
-    s = torch.empty(rb, dtype=dt, device=dev)
+    sm_ = torch.empty(rb, dtype=dt, device=dev)
     lowest = torch.finfo(dt).min
     for r0 in range(0, a, rb):
         r1 = min(a, r0 + rb)
         nr = r1 - r0
-        qb = q[r0:r1]
-        mb, sb = m[:nr].fill_(-math.inf), s[:nr].zero_()
+        qb = qs[r0:r1]
+        mb, sb = m[:nr].fill_(-math.inf), sm_[:nr].zero_()
+        self_rng = _col_range(self_idx[r0:r1]) if has_self else (0, -1)
+        pos_rng = _col_range(pos_idx[r0:r1]) if index else (0, -1)
         for c0 in range(0, n, tc):
             c1 = min(n, c0 + tc)
             t = c1 - c0
             blk = buf[: nr * t].view(nr, t)
             torch.mm(qb, k[c0:c1].t(), out=blk)
-            if inv_t != 1.0:
-                blk.mul_(inv_t)
-            if has_self:
+            masked = _touches(self_rng, c0, c1)
+            if masked:
                 hit, scol = _self_cols(self_idx[r0:r1], c0, t)
             if labels:
                 sm = same[: nr * t].view(nr, t)
                 torch.eq(ql[r0:r1, None], kl[None, c0:c1], out=sm)
-                if has_self:
+                if masked:
                     sm.scatter_(1, scol, sm.gather(1, scol) & ~hit[:, None])
                 pr = prod[: nr * t].view(nr, t)
                 torch.mul(blk, sm, out=pr)
                 pos[r0:r1] += pr.sum(1)
                 cnt[r0:r1] += sm.sum(1)
-            elif index:
+            elif index and _touches(pos_rng, c0, c1):
                 hit_p, pcol = _self_cols(pos_idx[r0:r1], c0, t)
                 hit_p &= pos_ok[r0:r1]
                 pos[r0:r1] += torch.where(hit_p, blk.gather(1, pcol)[:, 0], 0.0)
-            if has_self:
+            if masked:
                 blk.scatter_(1, scol, torch.where(hit[:, None], -math.inf, blk.gather(1, scol)))
+            # online log-sum-exp, in place (torch.logsumexp allocates a block-sized temporary)
             new = torch.maximum(mb, blk.amax(1))
             safe = new.clamp_min(lowest)
             blk.sub_(safe[:, None]).exp_()
             sb.mul_(torch.exp(mb - safe)).add_(blk.sum(1))
             mb.copy_(new)
-        lse[r0:r1] = mb + torch.log(sb)
+        torch.add(mb, torch.log(sb), out=lse[r0:r1])
     return lse, pos, cnt
 
 
@@ -156,7 +174,12 @@ def _bwd_torch(
     inv_t: float,
     symmetric: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``(dq, dk)``; with ``symmetric`` (k is q) both are one buffer holding their sum."""
+    """``(dq, dk)``; with ``symmetric`` (k is q) both are one buffer holding their sum.
+
+    ``P = softmax * g_lse + positives * g_pos`` per tile; ``dq = inv_t P k``, ``dk = P^T (inv_t
+    q)``. ``exp(s - lse) * g_lse`` is one ``exp`` of ``s - (lse - log g_lse)``, the shift folded
+    into the matmul (``addmm``), when every ``g_lse >= 0`` (checked on the host for CPU tensors).
+    """
     a, n = q.shape[0], k.shape[0]
     dt, dev = q.dtype, q.device
     dq = torch.zeros_like(q)
@@ -164,41 +187,50 @@ def _bwd_torch(
     if a == 0 or n == 0:
         return dq, dk
     labels, index, has_self = ql.numel() > 0, pos_idx.numel() > 0, self_idx.numel() > 0
+    qs = q * inv_t if inv_t != 1.0 else q
+    kk = qs if symmetric else k  # symmetric: dq and dk share the scaled rows
     rb, tc = tile_shape(a, n)
     buf = torch.empty(rb * tc, dtype=dt, device=dev)
     if labels:
         prod = torch.empty(rb * tc, dtype=dt, device=dev)
         same = torch.empty(rb * tc, dtype=torch.bool, device=dev)
     lse = torch.where(torch.isfinite(lse), lse, 0.0)
-    gl = g_lse * inv_t
-    gp = g_pos * inv_t
+    fold = dev.type == "cpu" and bool((g_lse >= 0).all())
+    neg_shift = (torch.log(g_lse) - lse) if fold else -lse
+    if index:
+        pos_ok = (pos_idx >= 0) & (pos_idx != self_idx) if has_self else pos_idx >= 0
     for r0 in range(0, a, rb):
         r1 = min(a, r0 + rb)
         nr = r1 - r0
-        qb = q[r0:r1]
+        qb = qs[r0:r1]
+        sh = neg_shift[r0:r1, None]
+        self_rng = _col_range(self_idx[r0:r1]) if has_self else (0, -1)
+        pos_rng = _col_range(pos_idx[r0:r1]) if index else (0, -1)
         for c0 in range(0, n, tc):
             c1 = min(n, c0 + tc)
             t = c1 - c0
-            kt = k[c0:c1]
             blk = buf[: nr * t].view(nr, t)
-            torch.mm(qb, kt.t(), out=blk)
-            if inv_t != 1.0:
-                blk.mul_(inv_t)
-            blk.sub_(lse[r0:r1, None]).exp_().mul_(gl[r0:r1, None])
+            torch.addmm(sh, qb, k[c0:c1].t(), out=blk)
+            blk.exp_()
+            if not fold:
+                blk.mul_(g_lse[r0:r1, None])
             if labels:
                 sm = same[: nr * t].view(nr, t)
                 torch.eq(ql[r0:r1, None], kl[None, c0:c1], out=sm)
                 pr = prod[: nr * t].view(nr, t)
-                torch.mul(sm, gp[r0:r1, None], out=pr)
+                torch.mul(sm, g_pos[r0:r1, None], out=pr)
                 blk.add_(pr)
-            elif index:
+            elif index and _touches(pos_rng, c0, c1):
                 hit_p, pcol = _self_cols(pos_idx[r0:r1], c0, t)
-                blk.scatter_add_(1, pcol, torch.where(hit_p, gp[r0:r1], 0.0)[:, None])
-            if has_self:
+                hit_p &= pos_ok[r0:r1]
+                blk.scatter_add_(1, pcol, torch.where(hit_p, g_pos[r0:r1], 0.0)[:, None])
+            if _touches(self_rng, c0, c1):
                 hit, scol = _self_cols(self_idx[r0:r1], c0, t)
                 blk.scatter_(1, scol, torch.where(hit[:, None], 0.0, blk.gather(1, scol)))
-            dq[r0:r1].addmm_(blk, kt)
+            dq[r0:r1].addmm_(blk, kk[c0:c1])
             dk[c0:c1].addmm_(blk.t(), qb)
+    if not symmetric and inv_t != 1.0:
+        dq.mul_(inv_t)
     return dq, dk
 
 
