@@ -171,7 +171,7 @@ def _col_labels(KL, rn, N, BLOCK_N: tl.constexpr, POS_MODE: tl.constexpr):
 
 @triton.autotune(
     configs=_lse_configs(),
-    key=["D", "POS_MODE", "DOT", "HAS_SELF"],
+    key=["D", "SIZE_BUCKET", "POS_MODE", "DOT", "HAS_SELF"],
     prune_configs_by={"early_config_prune": _prune_lse},
 )
 @triton.jit
@@ -191,6 +191,7 @@ def _lse_fwd_kernel(
     inv_t,
     stride_q,
     stride_k,
+    SIZE_BUCKET,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -232,7 +233,7 @@ def _lse_fwd_kernel(
 
 @triton.autotune(
     configs=_lse_configs(),
-    key=["D", "POS_MODE", "DOT", "HAS_SELF"],
+    key=["D", "SIZE_BUCKET", "POS_MODE", "DOT", "HAS_SELF"],
     prune_configs_by={"early_config_prune": _prune_lse},
 )
 @triton.jit
@@ -253,6 +254,7 @@ def _lse_bwd_dq_kernel(
     inv_t,
     stride_q,
     stride_k,
+    SIZE_BUCKET,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -285,7 +287,7 @@ def _lse_bwd_dq_kernel(
 
 @triton.autotune(
     configs=_lse_configs(),
-    key=["D", "POS_MODE", "DOT", "HAS_SELF"],
+    key=["D", "SIZE_BUCKET", "POS_MODE", "DOT", "HAS_SELF"],
     prune_configs_by={"early_config_prune": _prune_lse},
 )
 @triton.jit
@@ -306,6 +308,7 @@ def _lse_bwd_dk_kernel(
     inv_t,
     stride_q,
     stride_k,
+    SIZE_BUCKET,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -335,6 +338,11 @@ def _lse_bwd_dk_kernel(
         p = _grad_tile(s, valid, pos, lse, gl, gp, POS_MODE)
         acc += _dot(tl.trans(p), q, PREC, DOT)
     tl.store(DK + rn[:, None] * D + rd[None, :], acc, mask=mcol[:, None] & (rd[None, :] < D))
+
+
+def _bucket(a: int, n: int) -> int:
+    """Autotuning key of the problem size: a power-of-two class of the larger side."""
+    return max(a, n, 1).bit_length()
 
 
 def _modes(ql: Tensor, self_idx: Tensor, pos_idx: Tensor) -> tuple[int, bool]:
@@ -381,6 +389,7 @@ def lse_forward(
         float(inv_t),
         q.stride(0),
         k.stride(0),
+        _bucket(a, n),
         BLOCK_D=block_d(d),
         PREC=dot_precision(q.dtype),
         DOT=_DOT[dot],
@@ -429,7 +438,7 @@ def lse_backward(
         "POS_MODE": pos_mode,
         "HAS_SELF": has_self,
     }
-    tail = (a, n, d, float(inv_t), q.stride(0), k.stride(0))
+    tail = (a, n, d, float(inv_t), q.stride(0), k.stride(0), _bucket(a, n))
     _lse_bwd_dq_kernel[lambda meta: (triton.cdiv(a, meta["BLOCK_M"]),)](*args, dq, *tail, **consts)
     _lse_bwd_dk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, dk, *tail, **consts)
     return dq.to(q.dtype), dk.to(k.dtype)
