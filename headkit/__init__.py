@@ -16,9 +16,9 @@ from ._contrastive import InfoNCELoss, NTXentLoss, SupConLoss
 from ._errors import HeadkitError
 from ._heads import MLPHead, ReweightHead
 from ._model import LoadReport, load_checkpoint
-from ._probe import SweepReport, layer_sweep
 from ._tap import LayerTap, TapInfo, feature_info
 from ._truncate import truncate_at
+from .probe import SweepReport, layer_sweep
 
 __version__ = "0.1.0"
 
