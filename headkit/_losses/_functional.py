@@ -242,7 +242,7 @@ def bank_loss(
     per = torch.logaddexp(pos, lse_bank) - pos
     count: Tensor | float = float(q.shape[0])
     if world > 1:
-        count = torch.tensor(float(q.shape[0]), device=q.device)
+        count = torch.full((), float(q.shape[0]), device=q.device)  # a fill: no host copy
         dist.all_reduce(count)
     return _out(
         _dist.global_mean(per.sum(), count, world), like, *([] if like2 is None else [like2])
