@@ -209,6 +209,8 @@ def test_memory_bank_equals_lightlys_module() -> None:
         assert torch.equal(ours(x), b_theirs)
         assert torch.equal(ours.bank, theirs.bank)
         assert ours.ptr == int(theirs.bank_ptr)
+        assert torch.equal(ours.bank_ptr, theirs.bank_ptr)
+    assert ours.size == theirs.size == (7, 3)
     assert torch.equal(ours(torch.randn(2, 3), update=False), ours.bank)
 
 

@@ -83,6 +83,9 @@ class MemoryBank(nn.Module):
     enqueued (in rank order), so every rank holds the same bank as one process on the global
     batch.
 
+    Attributes ``size`` (the ``(num_features, dim)`` tuple), ``bank`` and ``bank_ptr`` read as
+    lightly's; ``ptr`` is the pointer as an int.
+
     Args:
         size: number of stored keys, or lightly's ``(size, dim)`` tuple.
         dim: feature dimension D (required when ``size`` is an int).
@@ -119,7 +122,8 @@ class MemoryBank(nn.Module):
             raise HeadkitError(f"MemoryBank got size={size} and dim={dim}; give the dim once")
         if gather_distributed:
             _dist.require_available()
-        self.size, self.dim = parsed
+        self.size = parsed  # (num_features, dim), as lightly's MemoryBankModule.size
+        self.num_features, self.dim = parsed
         self.gather_distributed = bool(gather_distributed)
         # lightly's initialisation, the same draw from the global RNG
         bank = F.normalize(torch.randn(parsed).to(torch.float32), dim=-1)
@@ -153,7 +157,15 @@ class MemoryBank(nn.Module):
         _BANKS[self._handle] = self
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, dim={self.dim}, ptr={self.ptr}, gather_distributed={self.gather_distributed}"
+        return (
+            f"num_features={self.num_features}, dim={self.dim}, ptr={self.ptr}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
+
+    @property
+    def bank_ptr(self) -> Tensor:
+        """lightly's ``bank_ptr``: the pointer as a one-element long tensor (CPU)."""
+        return torch.tensor([self.ptr], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -163,7 +175,7 @@ def _enqueue(module: MemoryBank, bank: Tensor, keys: Tensor) -> None:
     keys = keys.detach()
     if world > 1:
         keys = _dist.gather_nograd(keys.contiguous())
-    b, ptr, k = keys.shape[0], module.ptr, module.size
+    b, ptr, k = keys.shape[0], module.ptr, module.num_features
     if ptr + b >= k:
         bank[ptr:] = keys[: k - ptr]
         module.ptr = 0
