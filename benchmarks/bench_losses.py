@@ -106,8 +106,9 @@ def main() -> None:
             )
     if torch.cuda.is_available():
         from gpu_check import bench as cuda_bench
+        from gpu_check import peak_tflops
 
-        cuda_bench(args.cuda_sizes)
+        cuda_bench(args.cuda_sizes, peak_tflops(torch.cuda.get_device_name(), None))
 
 
 if __name__ == "__main__":

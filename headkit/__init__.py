@@ -3,7 +3,8 @@
 Public surface (everything else is private):
 
 - heads: `MLPHead` (with the presets of the common SSL methods), `ReweightHead`;
-- losses: `NTXentLoss`, `SupConLoss`, `InfoNCELoss` (functional forms in `headkit.ops`);
+- losses: `NTXentLoss`, `SupConLoss`, `InfoNCELoss`, `MemoryBank` (functional forms in
+  `headkit.ops`);
 - layers: `LayerTap`, `feature_info`, `truncate_at` (`Truncated`), `load_checkpoint` (`LoadReport`);
 - sweeps: `layer_sweep`, `SweepReport` (and the rest of `headkit.probe`);
 - `HeadkitError`, the one error type (a `ValueError`).
@@ -12,13 +13,13 @@ Public surface (everything else is private):
 from __future__ import annotations
 
 from . import heads, ops, probe
-from ._contrastive import InfoNCELoss, NTXentLoss, SupConLoss
 from ._errors import HeadkitError
 from ._heads import MLPHead, ReweightHead
+from ._losses import InfoNCELoss, MemoryBank, NTXentLoss, SupConLoss
 from ._model import LoadReport, load_checkpoint
-from ._probe import SweepReport, layer_sweep
 from ._tap import LayerTap, TapInfo, feature_info
 from ._truncate import Truncated, truncate_at
+from .probe import SweepReport, layer_sweep
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "LayerTap",
     "LoadReport",
     "MLPHead",
+    "MemoryBank",
     "NTXentLoss",
     "ReweightHead",
     "SupConLoss",

@@ -1,16 +1,29 @@
-"""The reweighting head's weights and the fused reweight + L2-normalise op."""
+"""The reweighting head's weights and the fused reweight + L2-normalise op.
+
+``headkit::reweight_normalize`` is registered the same way as ``headkit::contrastive_lse``
+(see `headkit._losses._lse`): an eager `torch.autograd.Function` calls the implementation
+directly, the ``torch.library`` custom ops serve ``torch.compile``, double backward uses a
+differentiable composite, and CUDA tensors use the Triton kernels of `headkit._triton` after a
+self-check.
+
+``log kappa`` is given either as a tensor (a trainable head) or as a Python float (a fixed head:
+the exact float64 value, so the weights are exact in any working dtype).
+"""
 
 from __future__ import annotations
 
 import math
-import os
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._errors import HeadkitError
+from ._losses import _backend
+from ._losses._backend import compute_dtype
 
 __all__ = [
+    "RWN_OP",
     "check_kappa",
     "compute_dtype",
     "reweight_normalize",
@@ -18,53 +31,64 @@ __all__ = [
     "reweight_weights",
 ]
 
+RWN_OP = "reweight_normalize"
+_TRITON_MAX_D = 16384
 
-def check_kappa(kappa: float) -> float:
-    """Validate a kappa given as a number; return it as a float."""
-    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)):
+
+def check_kappa(kappa: object) -> float:
+    """Validate a kappa given as a number (numpy scalars included); return it as a float."""
+    if isinstance(kappa, bool) or not (
+        isinstance(kappa, (int, float))
+        or (getattr(kappa, "ndim", None) == 0 and hasattr(kappa, "__float__"))
+    ):
         raise HeadkitError(f"kappa must be a positive finite number, got {kappa!r}")
-    value = float(kappa)
+    value = float(kappa)  # type: ignore[arg-type,unused-ignore]
     if not math.isfinite(value) or value <= 0:
         raise HeadkitError(f"kappa must be a positive finite number, got {kappa!r}")
     return value
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types, the dtype itself otherwise (float32/float64)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def reweight_weights(dim: int, log_kappa: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def reweight_weights(
+    dim: int,
+    log_kappa: Tensor | float,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """``kappa ** -i`` for ``i = 0..dim-1``, computed as ``exp(-i * log kappa)``.
 
     Args:
         dim: number of coordinates.
-        log_kappa: scalar tensor holding ``log(kappa)``.
-        dtype: dtype of the result (default: that of ``log_kappa``, at least float32).
+        log_kappa: ``log(kappa)``: a scalar tensor (differentiable) or a float (exact).
+        dtype: dtype of the result (default: that of ``log_kappa``, at least float32; float64
+            for a float).
+        device: device of the result when ``log_kappa`` is a float.
 
     Returns:
-        The ``(dim,)`` weight vector, differentiable in ``log_kappa``.
+        The ``(dim,)`` weight vector.
     """
-    cdt = compute_dtype(log_kappa.dtype)
-    idx = torch.arange(dim, device=log_kappa.device, dtype=cdt)
-    w = torch.exp(-idx * log_kappa.to(cdt))
+    if isinstance(log_kappa, Tensor):
+        cdt = compute_dtype(log_kappa.dtype) if dtype is None else compute_dtype(dtype)
+        idx = torch.arange(dim, device=log_kappa.device, dtype=cdt)
+        w = torch.exp(-idx * log_kappa.to(cdt))
+    else:
+        cdt = torch.float64 if dtype is None else compute_dtype(dtype)
+        w = torch.arange(dim, device=device, dtype=cdt).mul_(-log_kappa).exp_()
     return w if dtype is None else w.to(dtype)
 
 
-def _as_log_kappa(kappa: float | Tensor, ref: Tensor) -> Tensor:
+def _as_log_kappa(kappa: float | Tensor) -> Tensor | float:
     if isinstance(kappa, Tensor):
         if kappa.numel() != 1:
             raise HeadkitError(
                 f"kappa must be a scalar, got a tensor of shape {tuple(kappa.shape)}"
             )
         k = kappa.reshape(())
-        if not torch.compiler.is_compiling() and not k.requires_grad:
-            kv = float(k)
+        if k.device.type == "cpu" and not torch.compiler.is_compiling():
+            kv = float(k.detach())
             if not math.isfinite(kv) or kv <= 0:
                 raise HeadkitError(f"kappa must be a positive finite number, got {kv!r}")
-        return torch.log(k.to(device=ref.device, dtype=compute_dtype(ref.dtype)))
-    value = check_kappa(kappa)
-    return torch.tensor(math.log(value), device=ref.device, dtype=compute_dtype(ref.dtype))
+        return torch.log(k)
+    return math.log(check_kappa(kappa))
 
 
 def reweight_normalize(h: Tensor, kappa: float | Tensor, *, eps: float = 1e-12) -> Tensor:
@@ -72,13 +96,13 @@ def reweight_normalize(h: Tensor, kappa: float | Tensor, *, eps: float = 1e-12) 
 
     ``z = (h * w) / max(||h * w||, eps)`` with ``w_i = kappa ** -i`` (Xue et al., ICLR 2024,
     arXiv 2403.11391). Half-precision inputs are computed in float32 and returned in their own
-    dtype. Differentiable in ``h`` and (when it is a tensor that requires grad) ``kappa``. On
-    CUDA tensors a Triton kernel is used when Triton is installed; elsewhere a PyTorch
-    composite that ``torch.compile`` fuses.
+    dtype. Differentiable in ``h`` and (when it is a tensor that requires grad) ``kappa``, twice
+    included. On CUDA tensors a Triton kernel is used when Triton is installed (after a
+    self-check against the PyTorch path); elsewhere a tiled-free PyTorch implementation.
 
     Args:
         h: ``(..., D)`` representation.
-        kappa: positive float or scalar tensor.
+        kappa: positive number or scalar tensor.
         eps: lower bound of the norm, as in `torch.nn.functional.normalize`.
 
     Returns:
@@ -93,26 +117,229 @@ def reweight_normalize(h: Tensor, kappa: float | Tensor, *, eps: float = 1e-12) 
         >>> torch.allclose(z.norm(dim=-1), torch.ones(4))
         True
     """
-    if h.dim() == 0:
+    if not isinstance(h, Tensor) or h.dim() == 0:
         raise HeadkitError("reweight_normalize needs an input of shape (..., D), got a scalar")
-    return reweight_normalize_log(h, _as_log_kappa(kappa, h), eps)
+    if not h.dtype.is_floating_point:
+        raise HeadkitError(f"reweight_normalize needs a floating input, got dtype {h.dtype}")
+    if not math.isfinite(eps) or eps < 0:
+        raise HeadkitError(f"eps must be a finite number >= 0, got {eps!r}")
+    return reweight_normalize_log(h, _as_log_kappa(kappa), eps)
 
 
-def reweight_normalize_log(h: Tensor, log_k: Tensor, eps: float = 1e-12) -> Tensor:
-    """`reweight_normalize` with ``log(kappa)`` given as a scalar tensor."""
-    if h.is_cuda or os.environ.get("HEADKIT_FORCE_TRITON") == "1":
-        from ._triton import triton_available
+def reweight_normalize_log(h: Tensor, log_k: Tensor | float, eps: float = 1e-12) -> Tensor:
+    """`reweight_normalize` with ``log(kappa)`` given as a scalar tensor or an exact float."""
+    lk = log_k if isinstance(log_k, Tensor) else None
+    value = 0.0 if isinstance(log_k, Tensor) else float(log_k)
+    if torch.compiler.is_compiling():
+        z: Tensor = _rwn_op(h, lk, value, float(eps))[0]
+        return z
+    out: Tensor = _RwnFn.apply(h, lk, value, float(eps))
+    return out
 
-        if triton_available() and h.shape[-1] <= 16384 and h.dtype != torch.float64:
-            from ._triton import reweight_normalize_triton
 
-            return reweight_normalize_triton(h, log_k, eps)
-    return _reweight_normalize_torch(h, log_k, eps)
+# ----------------------------------------------------------------------------- implementations
 
 
-def _reweight_normalize_torch(h: Tensor, log_k: Tensor, eps: float) -> Tensor:
+def _weights(
+    d: int, lk: Tensor | None, value: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    return reweight_weights(d, lk if lk is not None else value, dtype, device)
+
+
+def _fwd_torch(h2: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+    cdt = compute_dtype(h2.dtype)
+    y = h2.to(cdt) * _weights(h2.shape[-1], lk, value, cdt, h2.device)
+    r = torch.linalg.vector_norm(y, dim=-1).clamp_min(eps).reciprocal()
+    return (y * r[:, None]).to(h2.dtype), r
+
+
+def _bwd_torch(
+    dz: Tensor, h2: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    cdt = compute_dtype(h2.dtype)
+    d = h2.shape[-1]
+    w = _weights(d, lk, value, cdt, h2.device)
+    y = h2.to(cdt) * w
+    z = y * r[:, None]
+    g = dz.to(cdt)
+    # where the norm was clamped to eps, no gradient flows through the norm (as F.normalize)
+    proj = (z * g).sum(-1)
+    if eps > 0:
+        proj = torch.where(r < 1.0 / eps, proj, 0.0)
+    dy = (g - z * proj[:, None]) * r[:, None]
+    idx = torch.arange(d, device=h2.device, dtype=cdt)
+    return (dy * w).to(h2.dtype), (-(idx * y * dy)).sum(-1)
+
+
+def _dense(h: Tensor, lk: Tensor | None, value: float, eps: float) -> Tensor:
+    """Differentiable composite (double backward)."""
     cdt = compute_dtype(h.dtype)
-    w = reweight_weights(h.shape[-1], log_k, cdt)
-    y = h.to(cdt) * w
+    y = h.to(cdt) * _weights(h.shape[-1], lk, value, cdt, h.device)
     z: Tensor = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(eps)
     return z.to(h.dtype)
+
+
+def _triton_ok(h: Tensor) -> bool:
+    d = h.shape[-1]
+    supported = h.dtype in (torch.float32, torch.bfloat16, torch.float16) and 0 < d <= _TRITON_MAX_D
+    return _backend.use_triton(RWN_OP, h.device, h.dtype, _backend.block_d(d), supported)
+
+
+def _lk_tensor(h: Tensor, lk: Tensor | None, value: float) -> Tensor:
+    return lk if lk is not None else torch.full((1,), value, device=h.device, dtype=torch.float32)
+
+
+def _fail(h: Tensor, err: Exception) -> None:
+    if _backend.triton_mode() == "1":
+        raise err
+    _backend.mark_failed(
+        RWN_OP,
+        h.device,
+        h.dtype,
+        _backend.block_d(h.shape[-1]),
+        f"raised {type(err).__name__}: {err}",
+    )
+
+
+def _forward(h2: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+    if _triton_ok(h2):
+        from . import _triton
+
+        try:
+            return _triton.rwn_forward(h2, _lk_tensor(h2, lk, value), eps)
+        except Exception as err:
+            _fail(h2, err)
+    return _fwd_torch(h2, lk, value, eps)
+
+
+def _backward(
+    dz: Tensor, h2: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    if _triton_ok(h2):
+        from . import _triton
+
+        try:
+            return _triton.rwn_backward(dz, h2, r, _lk_tensor(h2, lk, value), eps)
+        except Exception as err:
+            _fail(h2, err)
+    return _bwd_torch(dz, h2, r, lk, value, eps)
+
+
+class _RwnFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, lk: Tensor | None, value: float, eps: float) -> Tensor:
+        h2 = h.reshape(-1, h.shape[-1])
+        z, r = _forward(h2, lk, value, eps)
+        ctx.save_for_backward(h, r, lk)
+        ctx.value, ctx.eps = value, eps
+        return z.reshape(h.shape)
+
+    @staticmethod
+    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        h, r, lk = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            wrt = [x for x in (h, lk) if x is not None and x.requires_grad]
+            if not wrt:
+                return None, None, None, None
+            grads = iter(
+                torch.autograd.grad(
+                    _dense(h, lk, ctx.value, ctx.eps), wrt, dz, create_graph=True, allow_unused=True
+                )
+            )
+            gh = next(grads) if h.requires_grad else None
+            gk = next(grads) if lk is not None and lk.requires_grad else None
+            return gh, gk, None, None
+        d = h.shape[-1]
+        dh, dlk = _backward(dz.reshape(-1, d), h.reshape(-1, d), r, lk, ctx.value, ctx.eps)
+        gk = (
+            dlk.sum().to(lk.dtype).reshape(lk.shape)
+            if lk is not None and ctx.needs_input_grad[1]
+            else None
+        )
+        return dh.reshape(h.shape), gk, None, None
+
+
+# ----------------------------------------------------------------------------- torch.compile route
+
+
+@torch.library.custom_op("headkit::reweight_normalize", mutates_args=())
+def _rwn_op(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+    z, r = _forward(h.reshape(-1, h.shape[-1]), lk, value, eps)
+    return z.reshape(h.shape), r
+
+
+@_rwn_op.register_fake
+def _(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+    rows = math.prod(h.shape[:-1])
+    return torch.empty_like(h), h.new_empty(rows, dtype=compute_dtype(h.dtype))
+
+
+@torch.library.custom_op("headkit::reweight_normalize_backward", mutates_args=())
+def _rwn_bwd_op(
+    dz: Tensor, h: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    d = h.shape[-1]
+    dh, dlk = _backward(dz.reshape(-1, d), h.reshape(-1, d), r, lk, value, eps)
+    return dh.reshape(h.shape), dlk
+
+
+@_rwn_bwd_op.register_fake
+def _(
+    dz: Tensor, h: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(h), r.new_empty(r.shape, dtype=torch.float32)
+
+
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    h, lk, value, eps = inputs
+    ctx.save_for_backward(h, output[1], lk)
+    ctx.value, ctx.eps = value, eps
+    ctx.mark_non_differentiable(output[1])
+
+
+def _op_backward(
+    ctx: Any, dz: Tensor, dr: Tensor
+) -> tuple[Tensor | None, Tensor | None, None, None]:
+    h, r, lk = ctx.saved_tensors
+    dh, dlk = _rwn_bwd_op(dz, h, r, lk, ctx.value, ctx.eps)
+    gk = dlk.sum().to(lk.dtype).reshape(lk.shape) if lk is not None else None
+    return dh, gk, None, None
+
+
+_rwn_op.register_autograd(_op_backward, setup_context=_setup)
+
+
+# ----------------------------------------------------------------------------- Triton self-check
+
+
+def _check_rwn(
+    device: torch.device, dtype: torch.dtype, bd: int, prec: str
+) -> _backend.CheckResult:
+    from . import _triton
+    from ._losses._lse import _rel_err
+
+    g = torch.Generator().manual_seed(0)
+    d = max(1, bd - 3)
+    h = torch.randn(37, d, generator=g).to(dtype)
+    dz = torch.randn(37, d, generator=g).to(dtype)
+    lk = torch.tensor([math.log(1.07)])
+    z, r = _triton.rwn_forward(h.to(device), lk.to(device), 1e-12)
+    dh, dlk = _triton.rwn_backward(dz.to(device), h.to(device), r, lk.to(device), 1e-12)
+    zr, rr = _fwd_torch(h.double(), lk.double(), 0.0, 1e-12)
+    dhr, dlkr = _bwd_torch(dz.double(), h.double(), rr, lk.double(), 0.0, 1e-12)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    errs = {
+        "z": _rel_err(z.cpu(), zr),
+        "dh": _rel_err(dh.cpu(), dhr),
+        "d log kappa": _rel_err(dlk.sum().cpu(), dlkr.sum()),
+    }
+    what, worst = max(errs.items(), key=lambda kv: kv[1])
+    if worst > tol:
+        return False, (
+            f"disagrees with the PyTorch path on a 37 x {d} check: max relative error "
+            f"{worst:.3g} in {what}, tolerance {tol:.0e}"
+        )
+    return True, ""
+
+
+_backend.register_check(RWN_OP, _check_rwn)

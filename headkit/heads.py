@@ -13,6 +13,22 @@ from ._heads import PRESETS, MLPHead, ReweightHead
 
 __all__ = ["PRESETS", "MLPHead", "ReweightHead", "from_lightly"]
 
+_NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.normalization.RMSNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def _describe(m: nn.Module) -> str:
+    """A short description of a module for error messages."""
+    text = repr(m).splitlines()[0].rstrip("(")
+    if hasattr(m, "weight_g") or hasattr(getattr(m, "parametrizations", None), "weight"):
+        text = f"a weight-normalised {text}"
+    return text
+
 
 def from_lightly(head: nn.Module) -> MLPHead:
     """Convert a lightly head instance, weights and buffers included, into an `MLPHead`.
@@ -31,8 +47,10 @@ def from_lightly(head: nn.Module) -> MLPHead:
         The equivalent `MLPHead`.
 
     Raises:
-        HeadkitError: the head is not a plain MLP (e.g. DINO's weight-normalised last layer),
-            its hidden widths differ, or its blocks mix norms in a way `MLPHead` cannot express.
+        HeadkitError: the head is not a plain MLP; the message names the layer that cannot be
+            mapped (DINO's weight-normalised ``last_layer``, VICRegL's ``LayerNorm`` at
+            ``layers[1]``, a forward that does more than apply ``layers``), or its hidden
+            widths, norms or biases differ in a way `MLPHead` cannot express.
 
     Example:
         >>> from lightly.models.modules import SimCLRProjectionHead
@@ -48,11 +66,18 @@ def from_lightly(head: nn.Module) -> MLPHead:
             f"from_lightly expects a lightly ProjectionHead with a `layers` nn.Sequential; "
             f"{name} has none"
         )
-    extra = [n for n, _ in head.named_children() if n != "layers"]
+    extra = [(n, m) for n, m in head.named_children() if n != "layers"]
     if extra:
+        what = "; ".join(f"`{n}` ({_describe(m)})" for n, m in extra)
         raise HeadkitError(
-            f"cannot convert {name}: it has modules outside `layers` ({', '.join(extra)}), "
-            "so it is not a plain MLP head"
+            f"cannot convert {name}: MLPHead has no equivalent of {what}, which {name} applies "
+            "besides its `layers` MLP; from_lightly converts plain MLP heads only"
+        )
+    owner = next(c for c in type(head).__mro__ if "forward" in vars(c))
+    if owner.__module__.startswith("lightly") and owner.__name__ != "ProjectionHead":
+        raise HeadkitError(
+            f"cannot convert {name}: its forward (defined in {owner.__name__}) does more than "
+            "apply `layers`, which MLPHead cannot map"
         )
     blocks: list[tuple[nn.Linear, nn.BatchNorm1d | None, nn.Module | None]] = []
     mods = list(layers)
@@ -61,7 +86,8 @@ def from_lightly(head: nn.Module) -> MLPHead:
         lin = mods[i]
         if type(lin) is not nn.Linear:
             raise HeadkitError(
-                f"cannot convert {name}: expected nn.Linear at layers[{i}], got {type(lin).__name__}"
+                f"cannot convert {name}: layers[{i}] is {_describe(lin)} where MLPHead expects "
+                "the nn.Linear that starts a block (Linear [-> BatchNorm1d] [-> activation])"
             )
         i += 1
         bn: nn.BatchNorm1d | None = None
@@ -71,10 +97,15 @@ def from_lightly(head: nn.Module) -> MLPHead:
             i += 1
         if i < len(mods) and type(mods[i]) is not nn.Linear:
             act = mods[i]
-            if isinstance(act, (nn.BatchNorm1d, nn.Linear)) or any(True for _ in act.parameters()):
+            if isinstance(act, _NORMS):
                 raise HeadkitError(
-                    f"cannot convert {name}: layers[{i}] ({type(act).__name__}) is not a "
-                    "parameter-free activation"
+                    f"cannot convert {name}: layers[{i}] is {_describe(act)}; MLPHead supports "
+                    "BatchNorm1d as its only norm"
+                )
+            if any(True for _ in act.parameters()):
+                raise HeadkitError(
+                    f"cannot convert {name}: layers[{i}] ({_describe(act)}) has parameters, so "
+                    "it is not a parameter-free activation MLPHead can rebuild"
                 )
             i += 1
         blocks.append((lin, bn, act))

@@ -6,7 +6,7 @@ kernels for CUDA tensors when Triton is installed.
 
 from __future__ import annotations
 
-from ._contrastive import contrastive_lse, info_nce, nt_xent, sup_con
+from ._losses import contrastive_lse, info_nce, nt_xent, sup_con
 from ._reweight import reweight_normalize
 
 __all__ = ["contrastive_lse", "info_nce", "nt_xent", "reweight_normalize", "sup_con"]

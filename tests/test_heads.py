@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import warnings
 
 import pytest
@@ -272,3 +273,253 @@ def test_wrong_input_dim_message() -> None:
 
 def test_headkit_error_is_value_error() -> None:
     assert issubclass(headkit.HeadkitError, ValueError)
+
+
+# ----------------------------------------------------------------------------- lightly's arguments
+
+
+def _same_head(ours: nn.Module, theirs: nn.Module) -> None:
+    assert structure(ours) == structure(theirs)
+    ours.load_state_dict(theirs.state_dict())
+    for train in (True, False):
+        ours.train(train)
+        theirs.train(train)
+        x = torch.randn(6, 12)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_layers", [2, 3, 4])
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize(
+    ("preset", "cls"), [("simclr", "SimCLRProjectionHead"), ("moco_v2", "MoCoProjectionHead")]
+)
+def test_preset_batch_norm_and_num_layers_mean_lightlys(
+    preset: str, cls: str, batch_norm: bool, num_layers: int
+) -> None:
+    """SimCLRProjectionHead(batch_norm=False) has no BN at all; MoCoProjectionHead(batch_norm=True)
+    (MoCo v3) has BN on the output too: the preset with the same arguments is the same head."""
+    theirs = getattr(lightly_heads, cls)(12, 20, 6, num_layers, batch_norm)
+    ours = MLPHead.preset(preset, **SMALL, num_layers=num_layers, batch_norm=batch_norm)
+    _same_head(ours, theirs)
+
+
+def test_preset_vicreg_num_layers_means_lightlys() -> None:
+    for n in (2, 3, 5):
+        _same_head(
+            MLPHead.preset("vicreg", **SMALL, num_layers=n),
+            lightly_heads.VICRegProjectionHead(12, 20, 6, num_layers=n),
+        )
+
+
+@pytest.mark.parametrize("preset", ["simclr", "moco_v2", "vicreg"])
+def test_preset_refuses_lightly_num_layers_one(preset: str) -> None:
+    # lightly's num_layers=1 still builds two linear layers
+    assert sum(isinstance(m, nn.Linear) for m in lightly_head(preset, **SMALL).modules()) >= 2
+    with pytest.raises(HeadkitError, match=r"num_layers=1.*2 linear layers"):
+        MLPHead.preset(preset, **SMALL, num_layers=1)
+
+
+@pytest.mark.parametrize("preset", ["nnclr", "simsiam_projection"])
+def test_preset_refuses_ambiguous_batch_norm(preset: str) -> None:
+    with pytest.raises(HeadkitError, match="last_batch_norm"):
+        MLPHead.preset(preset, **SMALL, batch_norm=False)
+    head = MLPHead.preset(preset, **SMALL, batch_norm=False, last_batch_norm=False)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
+    # the default value is not an override of meaning: accepted
+    assert MLPHead.preset(preset, **SMALL, batch_norm=True).last_batch_norm
+
+
+@pytest.mark.parametrize("preset", ["byol_projection", "barlow_twins", "simsiam_prediction"])
+def test_preset_batch_norm_where_it_is_every_bn(preset: str) -> None:
+    head = MLPHead.preset(preset, **SMALL, batch_norm=False)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
+
+
+def test_preset_unknown_argument_lists_the_known_ones() -> None:
+    with pytest.raises(HeadkitError, match=r"use_bias.*input_dim, hidden_dim"):
+        MLPHead.preset("simclr", use_bias=False)
+
+
+LIGHTLY_HEAD_CLASSES = [
+    "BarlowTwinsProjectionHead",
+    "BYOLProjectionHead",
+    "BYOLPredictionHead",
+    "DenseCLProjectionHead",
+    "LeJEPAProjectionHead",
+    "LeWMProjectionHead",
+    "MMCRProjectionHead",
+    "MoCoProjectionHead",
+    "MSNProjectionHead",
+    "NNCLRProjectionHead",
+    "NNCLRPredictionHead",
+    "SimCLRProjectionHead",
+    "SimSiamProjectionHead",
+    "SimSiamPredictionHead",
+    "SMoGProjectionHead",
+    "SMoGPredictionHead",
+    "SwaVProjectionHead",
+    "TiCoProjectionHead",
+    "VICRegProjectionHead",
+]
+
+
+@pytest.mark.parametrize("cls", LIGHTLY_HEAD_CLASSES)
+def test_from_lightly_every_plain_lightly_head(cls: str) -> None:
+    torch.manual_seed(0)
+    theirs = getattr(lightly_heads, cls)(12, 20, 6)
+    ours = from_lightly(theirs)
+    for train in (True, False):
+        theirs.train(train)
+        ours.train(train)
+        x = torch.randn(5, 12)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda: lightly_heads.DINOProjectionHead(16, 32, 8, 12),
+            r"`last_layer` \(a weight-normalised Linear",
+        ),
+        (lambda: lightly_heads.DINOv2ProjectionHead(16, 32, 8, 12), "`last_layer`"),
+        (lambda: lightly_heads.VicRegLLocalProjectionHead(8, 16, 4), r"layers\[1\] is LayerNorm"),
+        (lambda: lightly_heads.CAPIProjectionHead(8, 16), "CAPIProjectionHead has none"),
+        (lambda: lightly_heads.SwaVPrototypes(8, 4), "SwaVPrototypes has none"),
+        (lambda: nn.Sequential(), "has none"),
+    ],
+    ids=["dino", "dinov2", "vicregl", "capi", "swav_prototypes", "sequential"],
+)
+def test_from_lightly_names_the_layer_it_cannot_map(make: object, match: str) -> None:
+    with pytest.warns() if "DINO" in match or "last_layer" in match else _no_warn():
+        head = make()  # type: ignore[operator]
+    with pytest.raises(HeadkitError, match=match):
+        from_lightly(head)
+
+
+class _no_warn:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def test_from_lightly_refuses_a_head_with_its_own_forward() -> None:
+    class Normalised(lightly_heads.ProjectionHead):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.normalize(self.layers(x), dim=-1)
+
+    Normalised.__module__ = "lightly.models.modules.heads"
+    head = Normalised([(8, 4, None, None)])
+    with pytest.raises(HeadkitError, match="its forward"):
+        from_lightly(head)
+
+
+# ----------------------------------------------------------------------------- ReweightHead exactness
+
+
+def _exact_weights(kappa: float, dim: int) -> torch.Tensor:
+    return torch.tensor([kappa ** (-i) for i in range(dim)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kappa", [1.01, 1.05, 1.1, 0.97])
+def test_reweight_head_exact_after_double(kappa: float) -> None:
+    """kappa is not rounded to float32: ``.double()`` (and float64 input) is exact."""
+    want = _exact_weights(kappa, 128)
+    h = torch.randn(4, 128, dtype=torch.float64)
+    for head in (
+        ReweightHead(128, kappa).double(),
+        ReweightHead(128, kappa).to(torch.float64),
+        ReweightHead(128, kappa),  # float32 head applied to float64 input
+        ReweightHead(128, kappa, trainable=True).double(),
+        ReweightHead(128, kappa).half().double(),
+    ):
+        torch.testing.assert_close(head(h), h * want, rtol=1e-14, atol=0)
+    head = ReweightHead(128, kappa).double()
+    torch.testing.assert_close(head.weights, want, rtol=1e-14, atol=0)
+    assert head.log_kappa.item() == math.log(kappa)
+    assert head.kappa.item() == pytest.approx(kappa, rel=1e-15)
+    norm = ReweightHead(128, kappa, normalize=True).double()
+    torch.testing.assert_close(
+        norm(h), nn.functional.normalize(h * want, dim=-1), rtol=1e-13, atol=1e-15
+    )
+
+
+def test_reweight_head_state_dict_keeps_the_value() -> None:
+    src = ReweightHead(32, kappa=1.3).double()
+    dst = ReweightHead(32, kappa=1.01).double()
+    dst.load_state_dict(src.state_dict())
+    h = torch.randn(2, 32, dtype=torch.float64)
+    torch.testing.assert_close(dst(h), h * _exact_weights(1.3, 32), rtol=1e-14, atol=0)
+    # a float32 checkpoint of the same kappa keeps the exact value
+    dst32 = ReweightHead(32, kappa=1.3)
+    dst32.load_state_dict(ReweightHead(32, kappa=1.3).state_dict())
+    torch.testing.assert_close(dst32.double()(h), h * _exact_weights(1.3, 32), rtol=1e-14, atol=0)
+    # an in-place edit is seen
+    with torch.no_grad():
+        dst.log_kappa.fill_(math.log(2.0))
+    torch.testing.assert_close(dst(h), h * _exact_weights(2.0, 32), rtol=1e-14, atol=0)
+    copied = copy.deepcopy(dst)
+    torch.testing.assert_close(copied(h), dst(h), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- no host syncs
+
+
+def test_trainable_reweight_head_training_step_reads_no_device_value() -> None:
+    """On the meta device any read of kappa raises: a training step must not read it."""
+    head = ReweightHead(64, kappa=1.05, trainable=True, device="meta")
+    head.train()
+    x = torch.randn(8, 64, device="meta", requires_grad=True)
+    for normalize in (False, True):
+        head.normalize = normalize
+        out = head(x)
+        out.sum().backward()
+    assert out.device.type == "meta"
+
+
+def test_trainable_reweight_head_checks_only_on_meaningful_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import headkit._heads as H
+
+    calls: list[float] = []
+    real = H._dead_count
+
+    def counting(dim: int, log_kappa: float, dtype: torch.dtype) -> int:
+        calls.append(log_kappa)
+        return real(dim, log_kappa, dtype)
+
+    monkeypatch.setattr(H, "_dead_count", counting)
+    head = ReweightHead(256, kappa=1.05, trainable=True)
+    opt = torch.optim.SGD(head.parameters(), lr=1e-7)
+    calls.clear()
+    for _ in range(50):  # tiny steps: the tail weights move by far less than 0.1%
+        opt.zero_grad()
+        head(torch.randn(4, 256)).square().sum().backward()
+        opt.step()
+    assert len(calls) <= 1
+    assert len(head._dead) == 1  # one entry per working dtype: bounded
+    for dtype in (torch.float64, torch.float16, torch.bfloat16, torch.float32):
+        head(torch.randn(2, 256, dtype=dtype))
+    assert len(head._dead) == 4
+
+
+def test_trainable_reweight_head_warns_when_kappa_drifts_into_dead_range() -> None:
+    head = ReweightHead(2048, kappa=1.01, trainable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head(torch.randn(2, 2048))
+    with torch.no_grad():
+        head.log_kappa.fill_(math.log(1.1))  # as an optimiser step far out would
+    with pytest.warns(RuntimeWarning, match="957 of 2048"):
+        head(torch.randn(2, 2048))
+    with warnings.catch_warnings():  # the same count again: no second warning
+        warnings.simplefilter("error")
+        head(torch.randn(2, 2048))
+    head.eval()
+    with torch.no_grad():
+        head.log_kappa.fill_(math.log(1.2))
+    with pytest.warns(RuntimeWarning, match="underflow"):
+        head(torch.randn(2, 2048))
