@@ -629,7 +629,7 @@ def _check_not_duplicated(
     r = local[key]
     s1 = torch.zeros((), dtype=torch.float64)
     s2 = torch.zeros((), dtype=torch.float64)
-    for block in r.chunks(1 << 16):
+    for block in r.chunks(r.block_rows(itemsize=8)):
         b = block.double().cpu()
         s1 += b.sum()
         s2 += b.square().sum()
