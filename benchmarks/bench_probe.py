@@ -7,7 +7,7 @@ same standardised features, batches and epochs. Target: headkit at least 5x fast
 Rounds are interleaved (anchor, headkit, headkit refit, anchor, ...) and the medians compared,
 so load on a shared machine hits all alike; CPU time (all threads) is printed beside wall time.
 
-    python benchmarks/bench_probe.py [--n 5000] [--epochs 30] [--rounds 3] [--device cpu]
+    python benchmarks/bench_probe.py [--n 5000] [--epochs 30] [--rounds 3] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     dims = {"stage1": 64, "stage2": 128, "stage3": 256, "stage4": 512}

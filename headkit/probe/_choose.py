@@ -565,4 +565,7 @@ def recommend_layer(
         dev,
     )
     choice.info.update({"device": str(dev), "pool": ex.info["pool"]})
+    d = dist_state(distributed)
+    if d.on:  # every rank computed the same choice; rank 0's makes it identical bit for bit
+        choice = d.broadcast_object(choice)
     return choice

@@ -401,6 +401,9 @@ def extract(
     local_labels = torch.cat(labels) if labels else None
     if not d.on:
         if seen == 0:
+            for s in sinks.values():
+                if s.writer is not None:
+                    s.writer.abort()
             raise HeadkitError(f"{where}: the loader yielded no samples")
         feats, rows = _finish_local(sinks)
         info["extract_s"] = round(time.perf_counter() - t0, 3)
@@ -495,8 +498,13 @@ def _gather(
     where: str,
 ) -> Extracted:
     """Every rank's rows, in one order on every rank (see `scatter_positions`)."""
-    flags = d.all_objects(has_labels)
-    present = {f for f in flags if f is not None}
+    kinds = d.all_objects((has_labels, ids is not None))
+    if len({k[1] for k in kinds}) > 1:
+        raise HeadkitError(
+            f"{where}: some ranks' loaders use a DistributedSampler and others do not; give every "
+            "rank the same kind of loader"
+        )
+    present = {k[0] for k in kinds if k[0] is not None}
     if len(present) > 1:
         raise HeadkitError(f"{where}: some ranks' loaders yield labels and others do not")
     sizes = d.sizes(seen)
