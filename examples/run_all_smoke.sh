@@ -11,6 +11,7 @@ run python examples/lightly_simclr.py --smoke
 run python examples/timm_layer_tap.py --smoke
 run python examples/lightning_online_probe.py --smoke
 run torchrun --standalone --nproc_per_node=2 examples/ddp_simclr.py --smoke
+run torchrun --standalone --nproc_per_node=2 examples/ddp_sweep.py --smoke --out "$out"
 for f in examples/paper/[0-9]*.py; do
   run python "$f" --smoke --out "$out"
 done

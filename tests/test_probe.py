@@ -243,7 +243,7 @@ def test_layer_sweep_without_labels_and_defaults() -> None:
     net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
     data = [torch.randn(32, 16) for _ in range(3)]
     report = layer_sweep(net, data, metrics=("rankme", "spectrum"), progress=False)
-    assert report.layers == ["0", "1", "2"]
+    assert report.layers == ["0", "2"]  # default_layers: no parameter-free ReLU
     with pytest.raises(HeadkitError, match="need labels"):
         layer_sweep(net, data, progress=False)
     with pytest.raises(HeadkitError, match="unknown metrics"):

@@ -443,3 +443,22 @@ def test_registry_is_the_one_source() -> None:
     assert r.results("alpha_req")["0"] == pytest.approx(alpha_req(feats), rel=1e-9)
     with pytest.raises(HeadkitError, match="positive pairs"):
         layer_sweep(net, [(x, y)], metrics=("lidar",), progress=False)
+
+
+def test_online_probe_never_syncs_with_the_host() -> None:
+    """On "meta" tensors any .item()/float()/bool() per step would raise: forward runs there."""
+    from headkit.probe import OnlineLayerProbe
+
+    probe = OnlineLayerProbe({"a": 8, "b": 4}, num_classes=3).to("meta")
+    feats = {"a": torch.randn(5, 8, 2, 2, device="meta"), "b": torch.randn(5, 3, 4, device="meta")}
+    labels = torch.randint(0, 3, (5,), device="meta")
+    for _ in range(3):
+        loss = probe(feats, labels)
+        loss.backward()
+    assert loss.device.type == "meta"
+    assert probe._correct is not None and probe._correct.device.type == "meta"
+    assert "_correct" not in dict(probe.named_buffers()) and not list(probe.buffers())
+    cpu = OnlineLayerProbe({"a": 8}, num_classes=3)
+    cpu({"a": torch.randn(4, 8)}, torch.arange(4) % 3)
+    assert cpu.to(torch.float64)._correct is not None  # counts follow .to() and stay int64
+    assert cpu._correct.dtype == torch.int64 and cpu.compute()["a"] >= 0

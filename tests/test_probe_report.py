@@ -89,7 +89,10 @@ def test_identical_layers_are_tied_and_a_noise_layer_is_not(tmp_path: os.PathLik
     x = torch.cat([good, good, noise], 1)
     net = Slices({"a": (0, 3), "copy": (3, 6), "noise": (6, 9)})
     batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, n, 100)]
-    rep = layer_sweep(net, batches, probe_kwargs={"epochs": 10}, n_boot=500, progress=False)
+    rep = layer_sweep(
+        net, batches, layers=["a", "copy", "noise"], probe_kwargs={"epochs": 10}, n_boot=500,
+        progress=False,
+    )  # fmt: skip
     for m in ("linear", "knn"):
         assert rep.tied_with_best(m) == ["a", "copy"], (m, rep.ties)
         iv = rep.intervals(m)
@@ -117,7 +120,7 @@ def test_sweep_without_bootstrap_and_probe_kwargs() -> None:
     net = Slices({"f": (0, 5)})
     x, y = clean(100)
     rep = layer_sweep(
-        net, [(x, y)], n_boot=0, probe_kwargs={"seed": 1, "epochs": 2}, progress=False
+        net, [(x, y)], layers=["f"], n_boot=0, probe_kwargs={"seed": 1, "epochs": 2}, progress=False
     )
     assert rep.info["linear"]["seed"] == 1
     with pytest.raises(HeadkitError, match="no intervals"):
@@ -125,9 +128,9 @@ def test_sweep_without_bootstrap_and_probe_kwargs() -> None:
     with pytest.raises(HeadkitError, match="no paired bootstrap"):
         rep.tied_with_best("knn")
     with pytest.raises(HeadkitError, match=r"unknown arguments \['epoch'\]"):
-        layer_sweep(net, [(x, y)], probe_kwargs={"epoch": 2}, progress=False)
+        layer_sweep(net, [(x, y)], layers=["f"], probe_kwargs={"epoch": 2}, progress=False)
     with pytest.raises(HeadkitError, match="n_boot"):
-        layer_sweep(net, [(x, y)], n_boot=-1, progress=False)
+        layer_sweep(net, [(x, y)], layers=["f"], n_boot=-1, progress=False)
 
 
 def test_old_json_and_aliases_still_read() -> None:
@@ -225,7 +228,7 @@ def test_recommend_layer_alpha_and_lidar() -> None:
     steep = torch.randn(n, 16, generator=g) * k.pow(-3.0).sqrt()
     x = torch.cat([near1, steep], 1)
     net = Slices({"near1": (0, 16), "steep": (16, 32)})
-    c = recommend_layer(net, [x], rule="alpha_req", n_boot=30, progress=False)
+    c = recommend_layer(net, [x], ["near1", "steep"], rule="alpha_req", n_boot=30, progress=False)
     assert c.layer == "near1" and c.direction == "target"
     assert abs(c.scores["near1"] - 1) < abs(c.scores["steep"] - 1)
     # LiDAR: layer "stable" moves little between views, layer "aug" is all augmentation noise
@@ -241,11 +244,10 @@ def test_recommend_layer_alpha_and_lidar() -> None:
             vs.append(torch.cat([stable, aug], 1))
         views.append((vs, None))
     net2 = Slices({"stable": (0, 6), "aug": (6, 12)})
-    lid = recommend_layer(
-        net2, [torch.cat([base, base], 1)], rule="lidar", views=views, n_boot=30, progress=False
-    )
+    both, layers = [torch.cat([base, base], 1)], ["stable", "aug"]
+    lid = recommend_layer(net2, both, layers, rule="lidar", views=views, n_boot=30, progress=False)
     assert lid.layer == "stable" and lid.scores["stable"] > lid.scores["aug"]
     rep = layer_sweep(
-        net2, [torch.cat([base, base], 1)], metrics=("lidar", "rankme"), views=views, progress=False
+        net2, both, layers=layers, metrics=("lidar", "rankme"), views=views, progress=False
     )
     assert rep.results("lidar")["stable"] == pytest.approx(lid.scores["stable"], rel=1e-9)

@@ -152,7 +152,7 @@ def _blocks(rows: Rows, blocks: int, seed: int, dev: torch.device) -> _Blocks:
     s2 = torch.zeros(blocks, d, d, dtype=torch.float64, device=dev)
     shift: Tensor | None = None
     start = 0
-    for block in rows.chunks(8192):
+    for block in rows.chunks(rows.block_rows(itemsize=8)):
         b = block.to(dev, torch.float64)
         if shift is None:
             shift = b.mean(0)
@@ -565,4 +565,7 @@ def recommend_layer(
         dev,
     )
     choice.info.update({"device": str(dev), "pool": ex.info["pool"]})
+    d = dist_state(distributed)
+    if d.on:  # every rank computed the same choice; rank 0's makes it identical bit for bit
+        choice = d.broadcast_object(choice)
     return choice

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .._errors import HeadkitError, fmt_shape
-from .._model import LayerSpec, has_index_semantics, num_indices, unwrap
+from .._model import LayerSpec, check_module, default_layers, unwrap
 from .._pool import Pool
 from .._tap import LayerTap
 from ._dist import Dist, dist_state, scatter_positions
@@ -26,7 +26,6 @@ from ._rows import FileWriter, Rows, open_stored
 __all__ = [
     "Extracted",
     "Features",
-    "default_layers",
     "extract",
     "extract_features",
     "placed",
@@ -146,27 +145,6 @@ def move(obj: Any, device: torch.device) -> Any:
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def check_model(model: object, where: str) -> nn.Module:
-    """The model, or a clear error for something that is not a module."""
-    if isinstance(model, nn.Module):
-        return model
-    hint = ""
-    if isinstance(model, tuple) and model and isinstance(model[0], nn.Module):
-        hint = " (pass the model, the first element of the tuple)"
-    raise HeadkitError(f"{where} needs an nn.Module, got {type(model).__name__}{hint}")
-
-
-def default_layers(model: nn.Module) -> list[LayerSpec]:
-    """The layers a sweep uses when none are given."""
-    inner = unwrap(model)
-    if has_index_semantics(inner):
-        return list(range(num_indices(inner)))
-    names = [n for n, _ in inner.named_children()]
-    if not names:
-        raise HeadkitError(f"{type(inner).__name__} has no child modules; pass layers=[...]")
-    return list(names)
 
 
 def _norm_device(device: torch.device | str) -> torch.device:
@@ -331,7 +309,7 @@ def extract(
     where: str = "extract_features",
 ) -> Extracted:
     """`extract_features` with the facts of the run and readers for every layer."""
-    model = check_model(model, where)
+    model = check_module(model, where)
     if max_samples is not None and (isinstance(max_samples, bool) or max_samples <= 0):
         raise HeadkitError(f"max_samples must be a positive int, got {max_samples!r}")
     if isinstance(loader, (Tensor, Mapping)) or not isinstance(loader, Iterable):
@@ -423,6 +401,9 @@ def extract(
     local_labels = torch.cat(labels) if labels else None
     if not d.on:
         if seen == 0:
+            for s in sinks.values():
+                if s.writer is not None:
+                    s.writer.abort()
             raise HeadkitError(f"{where}: the loader yielded no samples")
         feats, rows = _finish_local(sinks)
         info["extract_s"] = round(time.perf_counter() - t0, 3)
@@ -517,8 +498,13 @@ def _gather(
     where: str,
 ) -> Extracted:
     """Every rank's rows, in one order on every rank (see `scatter_positions`)."""
-    flags = d.all_objects(has_labels)
-    present = {f for f in flags if f is not None}
+    kinds = d.all_objects((has_labels, ids is not None))
+    if len({k[1] for k in kinds}) > 1:
+        raise HeadkitError(
+            f"{where}: some ranks' loaders use a DistributedSampler and others do not; give every "
+            "rank the same kind of loader"
+        )
+    present = {k[0] for k in kinds if k[0] is not None}
     if len(present) > 1:
         raise HeadkitError(f"{where}: some ranks' loaders yield labels and others do not")
     sizes = d.sizes(seen)
@@ -629,7 +615,7 @@ def _check_not_duplicated(
     r = local[key]
     s1 = torch.zeros((), dtype=torch.float64)
     s2 = torch.zeros((), dtype=torch.float64)
-    for block in r.chunks(1 << 16):
+    for block in r.chunks(r.block_rows(itemsize=8)):
         b = block.double().cpu()
         s1 += b.sum()
         s2 += b.square().sum()

@@ -55,7 +55,7 @@ def _stats(rows: Rows, dev: torch.device) -> _Stats:
     shift: Tensor | None = None
     s1 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
     s2 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
-    for block in rows.chunks(1 << 14):
+    for block in rows.chunks(rows.block_rows(itemsize=8)):
         b = block.to(dev, torch.float64)
         if shift is None:
             shift = b[0].clone()
@@ -197,11 +197,13 @@ def _predict(
     stats: _Stats,
     dev: torch.device,
     y: Tensor | None = None,
-    chunk: int = 8192,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Predicted classes ``(M, P)`` and, given class indices, the summed cross-entropy ``(P,)``."""
     w, b = params
     d, p, c = w.shape
+    if chunk is None:  # a block of features and one of logits of about 16 MiB each
+        chunk = max(64, min(8192, (4 << 20) // max(d, p * c)))
     w2 = w.reshape(d, p * c)
     preds = []
     loss = torch.zeros(p, device=dev, dtype=torch.float64) if y is not None else None

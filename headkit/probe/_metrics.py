@@ -70,7 +70,7 @@ def check_xy(x: object, y: object, layer: object, split: str) -> None:
 def check_finite_rows(rows: Rows, layer: object, split: str) -> None:
     """NaN/inf check, streamed."""
     bad = 0
-    for block in rows.chunks(1 << 14):
+    for block in rows.chunks():
         bad += int((~torch.isfinite(block)).any(1).sum())
     if bad:
         raise HeadkitError(f"{split} features of layer {layer!r} have NaN/inf values in {bad} rows")
@@ -100,13 +100,14 @@ def knn_predict(
     temperature: float = 0.07,
     device: torch.device | None = None,
     chunk: int = 1024,
-    train_chunk: int = 16384,
+    train_chunk: int | None = None,
     exclude_self: bool = False,
 ) -> Tensor:
     """Weighted cosine kNN predictions ``(M,)`` (class indices), on ``device``.
 
-    Streams the training rows in blocks and keeps a running top-k per test row, so memory is
-    ``O(chunk x train_chunk)`` whatever N. ``exclude_self`` skips the pair (i, i) (leave-one-out
+    Streams the training rows in blocks (``train_chunk`` rows; default about 32 MiB of them, at
+    most 16,384) and keeps a running top-k per test row, so memory is ``O(chunk x train_chunk)``
+    whatever N. ``exclude_self`` skips the pair (i, i) (leave-one-out
     when train and test are the same rows).
     """
     dev = device if device is not None else train.device
@@ -114,6 +115,8 @@ def knn_predict(
     kk = min(k, train.n - (1 if exclude_self else 0))
     if kk < 1:
         raise HeadkitError("kNN needs at least one training sample besides the one predicted")
+    if train_chunk is None:
+        train_chunk = min(16384, train.block_rows(budget=32 << 20))
     preds = []
     for ts in range(0, test.n, chunk):
         te_n = min(test.n, ts + chunk) - ts
@@ -242,9 +245,10 @@ class Moments:
         return unc, cen
 
 
-def moments(rows: Rows, device: torch.device | None = None, chunk: int = 8192) -> Moments:
+def moments(rows: Rows, device: torch.device | None = None, chunk: int | None = None) -> Moments:
     """`Moments` of ``rows``, streamed in blocks (float64 on ``device``)."""
     dev = device if device is not None else rows.device
+    chunk = chunk if chunk is not None else rows.block_rows(itemsize=8)
     if rows.d > rows.n:
         return _wide_moments(rows, dev, chunk)
     shift: Tensor | None = None

@@ -169,9 +169,16 @@ class Rows:
             self._file.touch((stop - start) * self.d * 4)
         return block
 
-    def chunks(self, size: int) -> Iterator[Tensor]:
-        """Consecutive blocks of at most ``size`` rows, in order (float32, on `device`)."""
-        size = max(1, size)
+    def block_rows(self, budget: int = 16 << 20, itemsize: int = 4) -> int:
+        """Rows per block so that one block of ``itemsize``-byte values stays near ``budget``."""
+        return max(64, budget // (itemsize * max(1, self.d)))
+
+    def chunks(self, size: int | None = None) -> Iterator[Tensor]:
+        """Consecutive blocks of rows, in order (float32, on `device`).
+
+        ``size`` rows per block (default: about 16 MiB of float32 per block).
+        """
+        size = max(1, size if size is not None else self.block_rows())
         for s in range(0, self.n, size):
             yield self.span(s, min(self.n, s + size))
         self.release()

@@ -10,11 +10,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._model import LayerSpec, check_module
 from .._pool import Pool
 from .._tap import LayerTap
 from ._dist import Dist
-from ._extract import Batch, autocast, check_model, move, placed, progress_bar, split_batch
+from ._extract import Batch, autocast, move, placed, progress_bar, split_batch
 from ._metrics import LidarStats
 
 __all__ = ["split_views", "view_stats"]
@@ -61,7 +61,7 @@ def view_stats(
 ) -> dict[LayerSpec, list[LidarStats]]:
     """Per layer, LiDAR statistics of the views (one per block when ``blocks`` > 0, for a
     bootstrap over samples), summed over ranks under torch.distributed."""
-    model = check_model(model, "views")
+    model = check_module(model, "views")
     runner = model.module if isinstance(model, DistributedDataParallel) else model
     tap = LayerTap(runner, layers, pool=pool, detach=True, stop_early=True)
     nb = max(1, blocks)
