@@ -14,6 +14,8 @@ Everything here is private (``headkit._data``); the CLI, the demo and the exampl
 
 from __future__ import annotations
 
+import functools
+import gzip
 import os
 import struct
 import warnings
@@ -657,16 +659,39 @@ def _chunked_max(x: Any, chunk: int = 4096) -> float:
 def digits() -> tuple[Tensor, Tensor]:
     """scikit-learn's digits: ``(1797, 1, 8, 8)`` images in [0, 1] and ``(1797,)`` labels.
 
+    Read from the data file inside the scikit-learn wheel (importing scikit-learn itself costs
+    seconds); `sklearn.datasets.load_digits` where that file is not found.
+
     Raises:
         HeadkitError: scikit-learn is not installed.
     """
-    try:
+    x, y = _digits_arrays()
+    return x.clone(), y.clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[Tensor, Tensor]:
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise HeadkitError('the digits need scikit-learn: pip install "headkit[demo]"')
+    path = os.path.join(
+        next(iter(spec.submodule_search_locations)), "datasets", "data", "digits.csv.gz"
+    )
+    data = None
+    if os.path.isfile(path):
+        with gzip.open(path, "rt") as fh:
+            data = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    if data is None or data.shape != (1797, 65):
         from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise HeadkitError('the digits need scikit-learn: pip install "headkit[demo]"') from err
-    x, y = load_digits(return_X_y=True)
-    imgs = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    return imgs, torch.tensor(y, dtype=torch.long)
+
+        xs, ys = load_digits(return_X_y=True)
+        data = np.concatenate([xs, ys[:, None]], axis=1).astype(np.float32)
+    imgs = torch.from_numpy(data[:, :64].copy()).view(-1, 1, 8, 8) / 16.0
+    return imgs, torch.from_numpy(data[:, 64].astype(np.int64))
 
 
 def load_images(
