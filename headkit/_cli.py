@@ -109,7 +109,13 @@ def _parser() -> argparse.ArgumentParser:
         default=list(_METRICS),
         help=f"metrics (default: {' '.join(_METRICS)})",
     )
-    s.add_argument("--pool", default="avg", choices=["avg", "flatten", "cls", "mean", "cls+mean"])
+    s.add_argument(
+        "--pool",
+        default=None,
+        choices=["avg", "flatten", "cls", "mean", "cls+mean"],
+        help="pooling of each layer's output (default: mean over the patch tokens for models "
+        "with class / register tokens, avg otherwise)",
+    )
     s.add_argument(
         "--size",
         type=int,
@@ -303,6 +309,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from ._data import open_images, skipped_message, stratified_sample, stratified_split
+    from ._model import default_layers, load_checkpoint, num_prefix_tokens
     from ._zoo import build_model, first_channels
 
     t0 = time.time()
@@ -359,35 +366,44 @@ def _sweep(args: argparse.Namespace) -> int:
 
     # ------------------------------------------------------------------ model and weights
     model, mf = build_model(args.model)
+    say(f"model: {args.model}" + (f", {mf.note}" if mf.note else ""))
     weights = "random weights"
     if args.checkpoint:
-        rep = _load(
+        rep = load_checkpoint(
             model, args.checkpoint, strict=not args.non_strict, prefix=args.checkpoint_prefix
         )
         say(f"checkpoint: {rep}")
-        left = list(getattr(rep, "missing", [])) + list(getattr(rep, "unexpected", []))
-        if left:
+        if rep.missing or rep.unexpected:
             say(
-                f"warning: --non-strict left {len(getattr(rep, 'missing', []))} model tensors at "
-                f"their random initialisation and ignored {len(getattr(rep, 'unexpected', []))} "
-                "checkpoint tensors (listed above)"
+                f"warning: --non-strict left {len(rep.missing)} model tensors at their random "
+                f"initialisation and ignored {len(rep.unexpected)} checkpoint tensors (listed above)"
             )
         weights = args.checkpoint
     elif mf.weights != "random":
         weights = f"weights from {mf.weights}"
+        say(f"weights: {mf.weights}")
     else:
         say(
             "warning: no --checkpoint: the model has random weights, so the numbers describe an "
             "untrained network"
         )
     model.to(dev)
-    say(f"model: {args.model}" + (f", {mf.note}" if mf.note else "") + f" ({weights})")
 
     # ------------------------------------------------------------------ input size and channels
     channels = mf.channels or first_channels(model)
     hw, why = _choose_size(args.size, src.facts.image_size, mf.input_size, mf.fixed_size)
-    layers = [_layer_spec(t) for t in args.layers] if args.layers else _default_layers(model)
+    layers = [_layer_spec(t) for t in args.layers] if args.layers else default_layers(model)
     layers_text = "given" if args.layers else "default"
+    pool, pool_why = args.pool, "--pool"
+    if pool is None:
+        npt = num_prefix_tokens(model)
+        if npt:
+            pool, pool_why = (
+                "mean",
+                f"mean over the patch tokens: the model has {npt} class/register token(s)",
+            )
+        else:
+            pool, pool_why = "avg", "average over positions"
 
     def datasets(size: tuple[int, int]) -> tuple[Any, Any]:
         # no resize where the images already have the size: one of another size then raises
@@ -401,7 +417,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     train_ds, test_ds = datasets(hw)
     probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
-    err = _trial(model, layers, args.pool, probe, dev)
+    err = _trial(model, layers, pool, probe, dev)
     if err is not None:
         if args.size is None and mf.input_size is not None and mf.input_size != hw:
             old = hw
@@ -412,7 +428,7 @@ def _sweep(args: argparse.Namespace) -> int:
             )
             train_ds, test_ds = datasets(hw)
             probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
-            err = _trial(model, layers, args.pool, probe, dev)
+            err = _trial(model, layers, pool, probe, dev)
         if err is not None:
             raise HeadkitError(
                 f"{args.model} fails on {_fmt_hw(hw)} inputs: {_first_line(err)}"
@@ -437,7 +453,7 @@ def _sweep(args: argparse.Namespace) -> int:
         f"device: {_device_name(dev)}, batch {args.batch_size}, workers {args.workers}"
         + (", bf16 autocast" if args.amp else "")
     )
-    say(f"layers ({layers_text}): {', '.join(str(x) for x in layers)}")
+    say(f"layers ({layers_text}): {', '.join(str(x) for x in layers)}; pool: {pool} ({pool_why})")
 
     # ------------------------------------------------------------------ the sweep
     pin = dev.type == "cuda"
@@ -460,7 +476,7 @@ def _sweep(args: argparse.Namespace) -> int:
         test_loader,
         layers=layers,
         metrics=tuple(args.metrics),
-        pool=args.pool,
+        pool=pool,
         device=dev,
         seed=args.seed,
         progress=not args.no_progress,
@@ -484,6 +500,8 @@ def _sweep(args: argparse.Namespace) -> int:
             "class_counts": class_counts,
             "input_size": list(hw),
             "input_size_reason": why,
+            "pool_reason": pool_why,
+            "layers_given": bool(args.layers),
             "image_size": list(src_hw) if src_hw else None,
             "device": str(dev),
             "amp": bool(args.amp),
@@ -505,39 +523,27 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_layers(model: Any) -> list[Any]:
-    from . import _model
-
-    fn = getattr(_model, "default_layers", None)
-    if fn is not None:
-        return list(fn(model))
-    from ._probe import _default_layers as old  # until the encoders' default_layers lands
-
-    return list(old(model))
-
-
-def _load(model: Any, path: str, *, strict: bool, prefix: str | None) -> Any:
-    from . import _model
-
-    fn = getattr(_model, "load_checkpoint", None)
-    if fn is None:
-        raise HeadkitError("checkpoint loading needs headkit._model.load_checkpoint")
-    return fn(model, path, strict=strict, prefix=prefix)
-
-
 def _verdicts(report: Any, say: Any) -> None:
-    """One line per metric: the best layer, and the layers tied with it where known."""
+    """One line per metric: the best layer, its direction, and the layers tied with it."""
+    from .probe import METRICS
+
     for m in report.metrics:
         vals = [v for v in report.metrics[m] if v is not None and not math.isnan(v)]
         if not vals:
             continue
+        info = METRICS.get(m)
+        name = f"{info.display} ({info.direction} is better)" if info is not None else m
+        if info is not None and info.direction == "target":
+            name = f"{info.display} (closest to {info.target:g} is better)"
         best = report.best_layer(m)
-        tied: list[Any] = []
-        try:
+        line = f"best layer by {name}: {best}"
+        if m in report.ties:
             tied = [t for t in report.tied_with_best(m) if t != best]
-        except (HeadkitError, AttributeError):
-            tied = []
-        line = f"best layer by {m}: {best}"
-        if tied:
-            line += f"; tied with it (paired bootstrap, 5%): {', '.join(str(t) for t in tied)}"
+            if tied:
+                line += (
+                    f"; tied with it: {', '.join(str(t) for t in tied)} (INCONCLUSIVE between "
+                    "these: the paired bootstrap over the test images cannot separate them at 5%)"
+                )
+            else:
+                line += " (every other layer is worse: paired bootstrap over the test images, 5%)"
         say(line)
