@@ -334,3 +334,34 @@ def test_amp_batch_size_and_workers(images: Path, tmp_path: Path) -> None:
     assert "batch 7, workers 2, bf16 autocast" in res.stdout
     info = json.loads(out.read_text())["info"]
     assert info["amp"] is True and info["batch_size"] == 7
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_makes_its_argument_from_the_numbers() -> None:
+    """In process, tiny: the structure of the argument, not its result (the full run is in the
+    README). The reweighting head's pre = post holds exactly, by construction."""
+    from headkit._demo import run_demo
+
+    lines: list[str] = []
+    res = run_demo(
+        seeds=2, epochs=1, n_train=300, n_test=150, workers=1, plot=False, progress=False,
+        print_fn=lines.append,
+    )  # fmt: skip
+    text = "\n".join(lines)
+    assert res.gaps["reweight"] == (0.0, 0.0, 0.0)
+    assert "equal by construction" in text and "kappa^-i" in text
+    m, lo, hi = res.gaps["mlp"]
+    assert lo <= m <= hi
+    assert "linear probe acc % (higher is better)" in text
+    assert "unevenness (spectrum Gini; lower is better" in text
+    assert "recommend_layer" in text and "oracle" in text
+    for h in ("none", "mlp", "reweight"):
+        assert len(res.reports[h]) == 2 and len(res.choices[h]) == 2
+        summ = res.summary[h]
+        assert all(
+            b is not None and b[0] <= v <= b[1]
+            for v, b in zip(summ.metrics["linear"], summ.bounds["linear"], strict=True)
+        )
+    assert "In short: " in text and "done in" in text
