@@ -347,7 +347,7 @@ def _run(
 
     # ------------------------------------------------------------------ 1. pre minus post
     say("")
-    say("1. Pre- minus post-projection (linear probe on the right digit; points):")
+    say("1. Pre- minus post-projection (linear probe on the right digit; percentage points):")
     for h in ("mlp", "reweight"):
         diffs = [_acc(r, "backbone") - _acc(r, "head") for r in res.reports[h]]
         m, lo, hi = _mean_ci(diffs)
@@ -379,7 +379,9 @@ def _run(
 
     # ------------------------------------------------------------------ 2. heads compared
     say("")
-    say("2. The pre-projection layer (backbone) with a head vs the output without one (points):")
+    say(
+        "2. The pre-projection layer (backbone) with a head minus the output without one (percentage points):"
+    )
     base = [_acc(r, "backbone") for r in res.reports["none"]]
     for h in ("mlp", "reweight"):
         diffs = [_acc(r, "backbone") - b for r, b in zip(res.reports[h], base, strict=True)]
