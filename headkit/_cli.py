@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -327,6 +328,12 @@ def _sweep(args: argparse.Namespace) -> int:
     test_src = None
     split_text = ""
     if args.test_data:
+        if os.path.exists(args.test_data) and os.path.samefile(args.test_data, args.data):
+            raise HeadkitError(
+                f"--test-data {args.test_data!r} is --data itself: the probes would be scored "
+                "on the images they were trained on; leave --test-data out to hold out a "
+                "stratified 20%"
+            )
         test_src = open_images(args.test_data)
         if test_src.facts.skipped:
             say(f"warning: {skipped_message(test_src.facts)}")

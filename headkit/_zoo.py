@@ -178,7 +178,6 @@ def _torchvision(spec: str, name: str) -> tuple[nn.Module, ModelFacts]:
 
 
 def _hf(spec: str, where: str) -> tuple[nn.Module, ModelFacts]:
-    transformers = _need("transformers", "hf", spec)
     path = os.path.expanduser(where)
     if os.path.isfile(path):
         folder, cfg_file = os.path.dirname(path) or ".", path
@@ -209,6 +208,7 @@ def _hf(spec: str, where: str) -> tuple[nn.Module, ModelFacts]:
         raise HeadkitError(
             f"--model {spec}: {cfg_file!r} is not a Hugging Face config (no 'model_type')"
         )
+    transformers = _need("transformers", "hf", spec)
     try:
         config = transformers.AutoConfig.for_model(**raw)
     except Exception as err:
@@ -285,14 +285,35 @@ def _hf(spec: str, where: str) -> tuple[nn.Module, ModelFacts]:
     )
 
 
+def _open_clip_names() -> list[str] | None:
+    """open_clip's model names, read from its model_configs folder without importing it (that
+    import takes seconds); None where the folder is not found."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(next(iter(spec.submodule_search_locations)), "model_configs")
+    if not os.path.isdir(folder):
+        return None
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json"))
+
+
 def _open_clip(spec: str, name: str) -> tuple[nn.Module, ModelFacts]:
-    open_clip = _need("open_clip", "open_clip", spec)
     arch, _, tag = name.partition("/")
     if tag:
         raise HeadkitError(
             f"--model {spec}: headkit never downloads pretrained tags ({tag!r}); pass "
             f"open_clip:{arch} and the weights file with --checkpoint"
         )
+    names = _open_clip_names()
+    if names is not None and arch not in names:
+        near = _did_you_mean(arch, names)
+        raise HeadkitError(
+            f"open_clip has no model {arch!r}"
+            + (f"; did you mean {near}?" if near else "; list them with open_clip.list_models()")
+        )
+    open_clip = _need("open_clip", "open_clip", spec)
     names = open_clip.list_models()
     if arch not in names:
         near = _did_you_mean(arch, names)
