@@ -570,8 +570,8 @@ def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*r).rstrip() for r in rows]
-    return ["  " + line for line in out]
+    out += [fmt.format(*r) for r in rows]
+    return ["  " + line.rstrip() for line in out]
 
 
 def _which_layer(reports: list[Any], choices: list[Any]) -> str:
