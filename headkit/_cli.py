@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="layer sweep of a model (and checkpoint) on your images, without code",
         description="Probe every layer of a model on labelled images: linear probe and kNN with "
-        "95%% intervals, the layers tied with the best, and label-free measures.",
+        "95% intervals, the layers tied with the best, and label-free measures.",
     )
     s.add_argument(
         "--model",
