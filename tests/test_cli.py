@@ -239,6 +239,13 @@ def test_an_image_as_data_is_one_line(images: Path) -> None:
     assert "single image" in one_error_line(res)
 
 
+def test_test_data_that_is_the_training_data_is_one_line(images: Path) -> None:
+    res = headkit(
+        "sweep", "--model", "timm:resnet10t", "--data", str(images), "--test-data", str(images)
+    )  # fmt: skip
+    assert "trained on" in one_error_line(res)
+
+
 # ----------------------------------------------------------------------------- models
 
 
