@@ -1,7 +1,8 @@
 """Small helpers the examples share: real digits as tensors or PIL images, and a tiny encoder.
 
 The data is scikit-learn's digits (1,797 real 8x8 handwritten digits that ship inside the wheel),
-so nothing is downloaded. They are the same helpers ``headkit demo`` uses.
+so nothing is downloaded. The loaders and the augmentation come from headkit's data module,
+``headkit._data``, which ``headkit sweep`` and ``headkit demo`` use too.
 """
 
 from __future__ import annotations
@@ -9,14 +10,41 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from headkit._demo import augment, load_images, make_encoder  # noqa: F401  (re-exported)
+from headkit import MLPHead, ReweightHead
+from headkit._data import augment, digits  # noqa: F401  (re-exported for the examples)
 
 
-def digits() -> tuple[Tensor, Tensor]:
-    """``(1797, 1, 8, 8)`` images in [0, 1] and ``(1797,)`` labels."""
-    return load_images(None)
+class Encoder(nn.Module):
+    """Three MLP blocks (``backbone.block1..3``) and a head (``head``)."""
+
+    def __init__(self, in_dim: int, head: nn.Module | None = None, width: int = 256) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU())
+
+        self.backbone = nn.Sequential()
+        self.backbone.add_module("block1", nn.Sequential(nn.Flatten(), block(in_dim, width)))
+        self.backbone.add_module("block2", block(width, width))
+        self.backbone.add_module("block3", block(width, 128))
+        self.head = head if head is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.backbone(x))
+        return out
+
+
+def make_encoder(in_dim: int, head: str = "mlp") -> Encoder:
+    """The encoder with ``head`` in ``{"none", "mlp", "reweight"}``."""
+    if head == "mlp":
+        return Encoder(in_dim, MLPHead(128, 128, 64, num_layers=2))
+    if head == "reweight":
+        return Encoder(in_dim, ReweightHead(128, kappa=1.05))
+    if head == "none":
+        return Encoder(in_dim)
+    raise ValueError(f"head must be 'none', 'mlp' or 'reweight', got {head!r}")
 
 
 def digits_pil(size: int = 32) -> tuple[list[object], list[int]]:

@@ -5,6 +5,9 @@
 gloo on CPU, NCCL on GPU. ``NTXentLoss(gather_distributed=True)`` gives every rank the negatives
 of the global batch; the loss it reports is the global batch's and, after DDP averages the
 gradients, training follows one process on the concatenated batch.
+
+Full run (20 epochs, 2 CPU processes): 56 s on a 2-core CPU shared with other jobs (load
+average 11).
 """
 
 from __future__ import annotations

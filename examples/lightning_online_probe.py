@@ -4,6 +4,9 @@
 linear probe per layer on the batch labels, logging ``probe/<layer>`` accuracies each epoch.
 
     python examples/lightning_online_probe.py [--epochs 10] [--smoke]
+
+Full run (10 epochs on scikit-learn's digits): 130 s on a 2-core CPU shared with other jobs
+(load average 10).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 out=$(mktemp -d)
 run() { echo "-- $*"; "$@"; }
-run headkit demo --smoke --no-progress --out "$out"
+# (headkit demo --smoke itself runs in the test suite: tests/test_docs.py runs the docs' commands)
 run python examples/quickstart.py --smoke --no-progress --out "$out"
 run python examples/lightly_simclr.py --smoke
 run python examples/timm_layer_tap.py --smoke

@@ -1,6 +1,9 @@
-"""LayerTap, truncate_at and describe on a timm ResNet and a ViT, and cutting a checkpoint.
+"""LayerTap, truncate_at and feature_info on a timm ResNet and a ViT, and cutting a checkpoint.
 
-python examples/timm_layer_tap.py [--smoke]
+    python examples/timm_layer_tap.py [--smoke]
+
+Full run: 39 s on a 2-core CPU shared with other jobs (load average 9); random weights, nothing
+is downloaded.
 """
 
 from __future__ import annotations

@@ -1,64 +1,150 @@
-"""The ``headkit`` command line: ``headkit demo`` and ``headkit sweep``."""
+"""The ``headkit`` command line: ``headkit demo`` and ``headkit sweep``.
+
+Every error a user can cause (a bad path, an unreadable checkpoint, mismatched keys, a
+misspelled model) prints one line, ``headkit <command>: error: ...``, and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
-
-import torch
-from torch import nn
 
 from ._errors import HeadkitError
 
 __all__ = ["main"]
 
+_METRICS = ("linear", "knn", "rankme", "unevenness")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"headkit {__version__}"
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="headkit", description="Projection heads and layer-wise representations for SSL."
+        prog="headkit",
+        description="Projection heads and layer-wise representations for self-supervised learning.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,sweep}")
     d = sub.add_parser(
-        "demo", help="pretrain SimCLR three ways on real digits and sweep the layers"
+        "demo",
+        help="does the layer before the projection head keep what augmentation removes? "
+        "(SimCLR on digits, three heads, several seeds)",
+        description="SimCLR on scikit-learn's digits where augmentation removes a feature the "
+        "downstream task needs; no head, MLPHead and ReweightHead over several seeds; "
+        "pre- vs post-projection with intervals, the layers tied with the best, the "
+        "label-free choice beside the oracle, and a plot.",
     )
+    d.add_argument("--seeds", type=int, default=3, help="seeds per head (default 3)")
+    d.add_argument("--epochs", type=int, default=15, help="SimCLR epochs per run (default 15)")
     d.add_argument(
-        "--data-root",
-        default=None,
-        help="an .npz (arrays x, y) or an image folder (root/<class>/<image>)",
+        "--workers",
+        type=int,
+        default=2,
+        help="runs in parallel, one process and one thread each (default 2; 1: no processes)",
     )
-    d.add_argument("--epochs", type=int, default=40, help="SimCLR epochs per run (default 40)")
     d.add_argument("--out", default=".", help="folder for the plot (default: current folder)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--size", type=int, default=16, help="image size for image folders (default 16)")
+    d.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    d.add_argument("--no-plot", action="store_true", help="write no plot")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.add_argument("--smoke", action="store_true", help="a few epochs, for CI")
+    d.add_argument("--smoke", action="store_true", help="1 seed, 2 epochs: checks that it runs")
 
-    s = sub.add_parser("sweep", help="layer sweep of a checkpoint on your data, without code")
+    s = sub.add_parser(
+        "sweep",
+        help="layer sweep of a model (and checkpoint) on your images, without code",
+        description="Probe every layer of a model on labelled images: linear probe and kNN with "
+        "95% intervals, the layers tied with the best, and label-free measures.",
+    )
     s.add_argument(
-        "--model", required=True, help="timm:NAME or torchvision:NAME, e.g. timm:resnet18"
+        "--model",
+        required=True,
+        help="timm:NAME, torchvision:NAME, hf:<local folder or config.json> or open_clip:NAME "
+        "(never downloads; weights from --checkpoint or the hf folder)",
     )
     s.add_argument(
         "--checkpoint",
         default=None,
-        help="state_dict / lightly / Lightning checkpoint (.pt, .pth, .ckpt)",
+        help="weights: a state_dict, lightly, Lightning or DDP checkpoint (.pt .pth .ckpt "
+        ".safetensors); loaded strictly",
     )
     s.add_argument(
-        "--data", required=True, help="image folder (root/<class>/<image>) or .npz with x and y"
+        "--non-strict",
+        action="store_true",
+        help="load the tensors that match and list what was left out (default: missing or "
+        "unexpected keys are an error)",
     )
     s.add_argument(
-        "--layers", nargs="*", default=None, help="layer specs: ints (timm indices) or module names"
+        "--checkpoint-prefix",
+        default=None,
+        help="key prefix to load when the checkpoint holds the model more than once "
+        "(e.g. teacher.backbone.)",
     )
-    s.add_argument("--metrics", nargs="*", default=["linear", "knn", "rankme", "spectrum"])
-    s.add_argument("--pool", default="avg", choices=["avg", "flatten", "cls", "mean", "cls+mean"])
-    s.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--max-samples", type=int, default=None)
+    s.add_argument(
+        "--data",
+        required=True,
+        help="image folder root/<class>/<image> (streamed) or .npz with x and y "
+        "(x_train/y_train with x_test/y_test bring their own split)",
+    )
+    s.add_argument(
+        "--test-data",
+        default=None,
+        help="held-out images of the same classes (default: a stratified 20%% of --data)",
+    )
+    s.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="layer specs: ints (timm indices) or module names (default: the model's blocks)",
+    )
+    s.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(_METRICS),
+        help=f"metrics (default: {' '.join(_METRICS)})",
+    )
+    s.add_argument(
+        "--pool",
+        default=None,
+        choices=["avg", "flatten", "cls", "mean", "cls+mean"],
+        help="pooling of each layer's output (default: mean over the patch tokens for models "
+        "with class / register tokens, avg otherwise)",
+    )
+    s.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize images to SIZE x SIZE (default: their own size, or the model's where it "
+        "needs a fixed one)",
+    )
+    s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    s.add_argument(
+        "--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)"
+    )
+    s.add_argument("--amp", action="store_true", help="bfloat16 autocast for feature extraction")
+    s.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="use a seeded stratified draw of this many images (per data set)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed of the draw, split and probes")
+    s.add_argument(
+        "--store",
+        default=None,
+        help="folder for memory-mapped features (for data larger than memory)",
+    )
     s.add_argument("--out", default=None, help="write the report as JSON here")
     s.add_argument("--plot", default=None, help="write a plot here (needs matplotlib)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -70,21 +156,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             run_demo(
-                data_root=args.data_root,
-                epochs=3 if args.smoke else args.epochs,
+                seeds=1 if args.smoke else args.seeds,
+                epochs=2 if args.smoke else args.epochs,
+                workers=args.workers,
                 out_dir=args.out,
                 seed=args.seed,
-                size=args.size,
+                plot=not args.no_plot,
                 progress=not args.no_progress,
+                smoke=args.smoke,
             )
             return 0
         return _sweep(args)
     except HeadkitError as err:
-        print(f"headkit {args.command}: error: {err}", file=sys.stderr)
+        print(f"headkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"headkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            f"headkit {args.command}: error: out of memory; lower --batch-size or "
+            "--max-samples, or pass --store DIR",
+            file=sys.stderr,
+        )
+        return 2
+    except RuntimeError as err:
+        if "out of memory" in str(err).lower():
+            print(
+                f"headkit {args.command}: error: out of memory on the device; lower "
+                "--batch-size or pass --amp",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of a HeadkitError, also when a DataLoader worker re-raised it."""
+    text = str(err).strip()
+    lines = text.splitlines()
+    if len(lines) > 1:
+        for line in reversed(lines):
+            if "HeadkitError: " in line:
+                return line.split("HeadkitError: ", 1)[1].strip()
+        return lines[-1].strip()
+    return text
 
 
 def _layer_spec(text: str) -> int | str:
@@ -94,146 +210,347 @@ def _layer_spec(text: str) -> int | str:
         return text
 
 
-def _build_model(spec: str) -> nn.Module:
-    kind, _, name = spec.partition(":")
-    if not name:
-        raise HeadkitError(f"--model must look like timm:NAME or torchvision:NAME, got {spec!r}")
-    if kind == "timm":
-        try:
-            import timm
-        except ImportError as err:
-            raise HeadkitError('--model timm:... needs timm: pip install "headkit[timm]"') from err
-        try:
-            model: nn.Module = timm.create_model(name, pretrained=False)
-        except Exception as err:
-            raise HeadkitError(f"timm has no model {name!r}: {err}") from err
-        return model
-    if kind == "torchvision":
-        try:
-            import torchvision
-        except ImportError as err:
-            raise HeadkitError(
-                '--model torchvision:... needs torchvision: pip install "headkit[timm]"'
-            ) from err
-        try:
-            return torchvision.models.get_model(name, weights=None)  # type: ignore[no-any-return]
-        except Exception as err:
-            raise HeadkitError(f"torchvision has no model {name!r}: {err}") from err
-    raise HeadkitError(
-        f"unknown model source {kind!r} in {spec!r}; use timm:NAME or torchvision:NAME"
-    )
+def _device(name: str | None) -> Any:
+    import torch
 
-
-_PREFIXES = (
-    "",
-    "module.",
-    "backbone.",
-    "model.",
-    "encoder.",
-    "model.backbone.",
-    "module.backbone.",
-    "student.",
-    "teacher.",
-)
-
-
-def load_checkpoint(model: nn.Module, path: str) -> str:
-    """Load a state_dict, lightly or Lightning checkpoint into ``model``; return what was done.
-
-    Finds the key prefix (``backbone.``, ``module.``, ...) under which the checkpoint holds the
-    model, loads with ``weights_only=True``, and raises a `HeadkitError` when the keys do not
-    match (a missing classifier is fine).
-    """
-    if not os.path.isfile(path):
-        raise HeadkitError(f"checkpoint {path!r} does not exist")
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        dev = torch.device(name)
+    except RuntimeError:
+        raise HeadkitError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HeadkitError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
+                "use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HeadkitError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HeadkitError(f"--device {name}: MPS is not available here; use --device cpu")
+    return dev
+
+
+def _device_name(dev: Any) -> str:
+    import torch
+
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    if dev.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(dev)
+
+
+def _fmt_hw(hw: tuple[int, int] | None) -> str:
+    return "mixed" if hw is None else f"{hw[0]}x{hw[1]}"
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise HeadkitError(f"{name} must be positive, got {value}")
+
+
+def _choose_size(
+    size: int | None, data_hw: tuple[int, int] | None, model_hw: tuple[int, int] | None, fixed: bool
+) -> tuple[tuple[int, int], str]:
+    """The input size and why (before the trial forward)."""
+    if size is not None:
+        return (size, size), "--size"
+    if data_hw is None:
+        if model_hw is None:
+            raise HeadkitError(
+                "the images differ in size and the model has no configured input size: pass "
+                "--size N to resize every image to NxN"
+            )
+        return model_hw, (
+            f"the images differ in size; the model's configured {_fmt_hw(model_hw)} "
+            "(--size N to choose)"
+        )
+    if fixed and model_hw is not None and model_hw != data_hw:
+        return model_hw, (
+            f"the model needs its fixed input size {_fmt_hw(model_hw)}; the images are "
+            f"{_fmt_hw(data_hw)}"
+        )
+    why = "the images' own size"
+    if model_hw is not None and model_hw != data_hw:
+        why += (
+            f"; the model's configured size is {_fmt_hw(model_hw)} (--size {model_hw[0]} resizes)"
+        )
+    return data_hw, why
+
+
+def _trial(model: Any, layers: Any, pool: str, x: Any, dev: Any) -> BaseException | None:
+    """Run the tap once on a couple of images; the error, if the model rejects them."""
+    import torch
+
+    from ._tap import LayerTap
+
+    tap = LayerTap(model, layers, pool=pool, detach=True)  # type: ignore[arg-type]
+    try:
+        with torch.no_grad():
+            tap(x.to(dev))
+    except HeadkitError:
+        raise
     except Exception as err:
-        raise HeadkitError(
-            f"cannot read checkpoint {path!r} (torch.load with weights_only=True): {err}"
-        ) from err
-    for key in ("state_dict", "model", "model_state_dict", "teacher", "student"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise HeadkitError(f"{path!r} holds no state_dict (a dict of tensors)")
-    own = model.state_dict()
-    best_prefix, best_hits = "", -1
-    for prefix in _PREFIXES:
-        hits = sum(1 for k in obj if k.startswith(prefix) and k[len(prefix) :] in own)
-        if hits > best_hits:
-            best_prefix, best_hits = prefix, hits
-    sd = {k[len(best_prefix) :]: v for k, v in obj.items() if k.startswith(best_prefix)}
-    classifier = {"fc", "head", "classifier", "heads", "last_linear"}
-    missing = [
-        k
-        for k in own
-        if k not in sd
-        and k.split(".")[0] not in classifier
-        and not k.endswith("num_batches_tracked")
-    ]
-    if best_hits <= 0 or missing:
-        shown = missing[:5] if missing else list(own)[:5]
-        raise HeadkitError(
-            f"the keys of {path!r} do not match the model: {len(missing) if missing else len(own)} model keys "
-            f"have no match (e.g. {shown}); checkpoint keys look like {list(obj)[:5]}"
-        )
-    bad_shape = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    if bad_shape:
-        k = bad_shape[0]
-        raise HeadkitError(
-            f"checkpoint {path!r}: {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}"
-        )
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-    return f"loaded {best_hits} tensors from {path}" + (
-        f" (prefix {best_prefix!r} stripped)" if best_prefix else ""
-    )
+        return err
+    finally:
+        tap.close()
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    return ((str(err).strip().splitlines() or [type(err).__name__])[0])[:200]
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from ._demo import load_images
-    from ._probe import layer_sweep
+    import torch
+    from torch.utils.data import DataLoader, Subset
 
-    model = _build_model(args.model)
-    if args.checkpoint:
-        print(load_checkpoint(model, args.checkpoint))
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = args.size or int(cfg.get("input_size", (3, 224, 224))[-1])
-    x, y = load_images(args.data, size=size)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = torch.nn.functional.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False
+    from ._data import open_images, skipped_message, stratified_sample, stratified_split
+    from ._model import default_layers, load_checkpoint, num_prefix_tokens
+    from ._zoo import build_model, first_channels
+
+    t0 = time.time()
+    for name in ("--batch-size", "--max-samples", "--size"):
+        _check_positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.workers < 0:
+        raise HeadkitError(f"--workers must be >= 0, got {args.workers}")
+    dev = _device(args.device)
+    say = print
+
+    # ------------------------------------------------------------------ data (first: cheap to check)
+    src = open_images(args.data)
+    if src.facts.skipped:
+        say(f"warning: {skipped_message(src.facts)}")
+    test_src = None
+    split_text = ""
+    if args.test_data:
+        if os.path.exists(args.test_data) and os.path.samefile(args.test_data, args.data):
+            raise HeadkitError(
+                f"--test-data {args.test_data!r} is --data itself: the probes would be scored "
+                "on the images they were trained on; leave --test-data out to hold out a "
+                "stratified 20%"
+            )
+        test_src = open_images(args.test_data)
+        if test_src.facts.skipped:
+            say(f"warning: {skipped_message(test_src.facts)}")
+        if test_src.facts.classes != src.facts.classes:
+            raise HeadkitError(
+                f"--test-data {args.test_data!r} has classes {test_src.facts.classes[:6]}, "
+                f"--data has {src.facts.classes[:6]}: they must be the same"
+            )
+        split_text = f"--test-data {args.test_data}"
+    elif src.test is not None:
+        test_src = src.test
+        split_text = "the .npz's own x_test/y_test"
+    labels = torch.tensor(src.labels)
+    train_idx = torch.arange(len(src.labels))
+    drawn = ""
+    if args.max_samples is not None and args.max_samples < len(src.labels):
+        train_idx = stratified_sample(labels, args.max_samples, args.seed)
+        drawn = (
+            f"a seeded stratified draw of {len(train_idx)} of {len(src.labels)} (seed {args.seed})"
         )
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, -1, 1, 1)
-    x = (x - mean) / std
-    bs = args.batch_size
-    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, x.shape[0], bs)]
-    layers = [_layer_spec(t) for t in args.layers] if args.layers else None
+    test_idx: torch.Tensor
+    if test_src is None:
+        tr, te = stratified_split(labels[train_idx], 0.2, args.seed)
+        train_idx, test_idx = train_idx[tr], train_idx[te]
+        split_text = f"stratified 80/20 of --data (seed {args.seed})"
+    else:
+        tl = torch.tensor(test_src.labels)
+        test_idx = torch.arange(len(tl))
+        if args.max_samples is not None and args.max_samples < len(tl):
+            test_idx = stratified_sample(tl, args.max_samples, args.seed)
+    n_classes = len(src.facts.classes)
+    test_labels = torch.tensor((test_src or src).labels)[test_idx]
+    class_counts = {
+        "train": torch.bincount(labels[train_idx], minlength=n_classes).tolist(),
+        "test": torch.bincount(test_labels, minlength=n_classes).tolist(),
+    }
+
+    # ------------------------------------------------------------------ model and weights
+    model, mf = build_model(args.model)
+    say(f"model: {args.model}" + (f", {mf.note}" if mf.note else ""))
+    weights = "random weights"
+    if args.checkpoint:
+        rep = load_checkpoint(
+            model, args.checkpoint, strict=not args.non_strict, prefix=args.checkpoint_prefix
+        )
+        say(f"checkpoint: {rep}")
+        if rep.missing or rep.unexpected:
+            say(
+                f"warning: --non-strict left {len(rep.missing)} model tensors at their random "
+                f"initialisation and ignored {len(rep.unexpected)} checkpoint tensors (listed above)"
+            )
+        weights = args.checkpoint
+    elif mf.weights != "random":
+        weights = f"weights from {mf.weights}"
+        say(f"weights: {mf.weights}")
+    else:
+        say(
+            "warning: no --checkpoint: the model has random weights, so the numbers describe an "
+            "untrained network"
+        )
+    model.to(dev)
+
+    # ------------------------------------------------------------------ input size and channels
+    channels = mf.channels or first_channels(model)
+    hw, why = _choose_size(args.size, src.facts.image_size, mf.input_size, mf.fixed_size)
+    layers = [_layer_spec(t) for t in args.layers] if args.layers else default_layers(model)
+    layers_text = "given" if args.layers else "default"
+    pool, pool_why = args.pool, "--pool"
+    if pool is None:
+        npt = num_prefix_tokens(model)
+        if npt:
+            pool, pool_why = (
+                "mean",
+                f"mean over the patch tokens: the model has {npt} class/register token(s)",
+            )
+        else:
+            pool, pool_why = "avg", "average over positions"
+
+    def datasets(size: tuple[int, int]) -> tuple[Any, Any]:
+        # no resize where the images already have the size: one of another size then raises
+        def make(s: Any) -> Any:
+            resize = None if (args.size is None and size == s.facts.image_size) else size
+            return s.dataset(size=resize, channels=channels, mean=mf.mean, std=mf.std)
+
+        return Subset(make(src), train_idx.tolist()), Subset(
+            make(test_src or src), test_idx.tolist()
+        )
+
+    train_ds, test_ds = datasets(hw)
+    probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
+    err = _trial(model, layers, pool, probe, dev)
+    if err is not None:
+        if args.size is None and mf.input_size is not None and mf.input_size != hw:
+            old = hw
+            hw = mf.input_size
+            why = (
+                f"the model rejected {_fmt_hw(old)} inputs ({_first_line(err)}); its configured "
+                f"{_fmt_hw(hw)} (--size N to choose)"
+            )
+            train_ds, test_ds = datasets(hw)
+            probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
+            err = _trial(model, layers, pool, probe, dev)
+        if err is not None:
+            raise HeadkitError(
+                f"{args.model} fails on {_fmt_hw(hw)} inputs: {_first_line(err)}"
+                + ("" if args.size else "; pass --size N to resize the images")
+            )
+
+    src_hw = src.facts.image_size
+    say(
+        f"data: {src.facts.n} images, {n_classes} classes, {_fmt_hw(src_hw)} px, "
+        f"{src.facts.channels} channel(s), from {src.facts.source} ({src.facts.note})"
+        + (f"; {drawn}" if drawn else "")
+    )
+    say(f"split: {split_text}: train {len(train_ds)}, test {len(test_ds)}")
+    grey = src.facts.channels == 1 and channels == 3
+    say(
+        f"input: {_fmt_hw(hw)} ({why})"
+        + ("; grey images repeated to 3 channels" if grey else "")
+        + f"; normalised with mean {tuple(round(v, 3) for v in mf.mean)}, std "
+        f"{tuple(round(v, 3) for v in mf.std)}"
+    )
+    say(
+        f"device: {_device_name(dev)}, batch {args.batch_size}, workers {args.workers}"
+        + (", bf16 autocast" if args.amp else "")
+    )
+    say(f"layers ({layers_text}): {', '.join(str(x) for x in layers)}; pool: {pool} ({pool_why})")
+
+    # ------------------------------------------------------------------ the sweep
+    pin = dev.type == "cuda"
+    loader = DataLoader(
+        train_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
+    )
+    test_loader = DataLoader(
+        test_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
+    )
+    from .probe import layer_sweep
+
+    kwargs: dict[str, Any] = {}
+    if args.amp:
+        kwargs["amp"] = True
+    if args.store:
+        kwargs["store"] = args.store
     report = layer_sweep(
         model,
-        batches,
+        loader,
+        test_loader,
         layers=layers,
         metrics=tuple(args.metrics),
-        pool=args.pool,
-        max_samples=args.max_samples,
+        pool=pool,
+        device=dev,
+        seed=args.seed,
         progress=not args.no_progress,
+        **kwargs,
     )
-    report.info.update({"model": args.model, "checkpoint": args.checkpoint, "data": args.data})
-    print(report.table())
-    for m in report.metrics:
-        print(f"best layer by {m}: {report.best_layer(m)}")
+    secs = time.time() - t0
+    report.info.update(
+        {
+            "model": args.model,
+            "weights": weights,
+            "checkpoint": args.checkpoint,
+            "strict": not args.non_strict,
+            "data": src.facts.as_dict(),
+            "test_data": test_src.facts.as_dict() if test_src is not None else None,
+            "split": split_text,
+            "max_samples": args.max_samples,
+            "n_train": len(train_ds),
+            "n_test": len(test_ds),
+            "classes": n_classes,
+            "class_names": src.facts.classes,
+            "class_counts": class_counts,
+            "input_size": list(hw),
+            "input_size_reason": why,
+            "pool_reason": pool_why,
+            "layers_given": bool(args.layers),
+            "image_size": list(src_hw) if src_hw else None,
+            "device": str(dev),
+            "amp": bool(args.amp),
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "time_s": round(secs, 1),
+        }
+    )
+    say("")
+    say(report.table())
+    _verdicts(report, say)
+    say(f"done in {secs:.0f} s")
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(report.to_json())
-        print(f"report written to {args.out}")
+        say(f"report written to {args.out}")
     if args.plot:
-        print(f"plot written to {report.plot(args.plot)}")
+        say(f"plot written to {report.plot(args.plot)}")
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _verdicts(report: Any, say: Any) -> None:
+    """One line per metric: the best layer, its direction, and the layers tied with it."""
+    from .probe import METRICS
+
+    for m in report.metrics:
+        vals = [v for v in report.metrics[m] if v is not None and not math.isnan(v)]
+        if not vals:
+            continue
+        info = METRICS.get(m)
+        name = f"{info.display} ({info.direction} is better)" if info is not None else m
+        if info is not None and info.direction == "target":
+            name = f"{info.display} (closest to {info.target:g} is better)"
+        best = report.best_layer(m)
+        line = f"best layer by {name}: {best}"
+        if m in report.ties:
+            tied = [t for t in report.tied_with_best(m) if t != best]
+            if tied:
+                line += (
+                    f"; tied with it: {', '.join(str(t) for t in tied)} (INCONCLUSIVE between "
+                    "these: the paired bootstrap over the test images cannot separate them at 5%)"
+                )
+            else:
+                line += " (every other layer is worse: paired bootstrap over the test images, 5%)"
+        say(line)

@@ -1,0 +1,866 @@
+"""Data for the command line, the demo and the examples.
+
+- image folders (``root/<class>/<image>``), streamed from disk by a `torch.utils.data.Dataset`
+  (nothing is read before a batch needs it: folders larger than memory work);
+- ``.npz`` files of arrays (``x``/``y``, or ``x_train``/``y_train`` with ``x_test``/``y_test``),
+  memory-mapped when stored uncompressed (``np.savez``);
+- scikit-learn's digits (1,797 real 8x8 digits that ship inside the wheel) and the demo's
+  disrupted-feature task built from them;
+- seeded stratified draws and splits;
+- `augment`, SimCLR-style views of small images.
+
+Everything here is private (``headkit._data``); the CLI, the demo and the examples import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import struct
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ._errors import HeadkitError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ArrayImages",
+    "DataFacts",
+    "DisruptedDigits",
+    "FolderImages",
+    "ImageSource",
+    "augment",
+    "digits",
+    "disrupted_digits",
+    "drop_right",
+    "load_images",
+    "open_images",
+    "stratified_sample",
+    "stratified_split",
+]
+
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+)
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What was read, for the user and the JSON report.
+
+    Attributes:
+        source: the path (or ``"scikit-learn digits"``).
+        kind: ``"folder"``, ``"npz"`` or ``"digits"``.
+        n: number of samples available.
+        classes: class names (folder names, or the label values as text).
+        image_size: ``(H, W)`` of the stored images, or None when they differ.
+        channels: channels of the stored images (1 or 3).
+        skipped: files left out (not images), relative to the root.
+        note: anything else worth saying (pixel scaling, memory-mapping).
+    """
+
+    source: str
+    kind: str
+    n: int
+    classes: list[str]
+    image_size: tuple[int, int] | None
+    channels: int
+    skipped: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The facts as plain JSON types."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "n": self.n,
+            "classes": list(self.classes),
+            "image_size": list(self.image_size) if self.image_size else None,
+            "channels": self.channels,
+            "skipped": len(self.skipped),
+            "note": self.note,
+        }
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _class_indices(labels: Tensor) -> dict[int, Tensor]:
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    return {int(c): (labels == c).nonzero().flatten() for c in torch.unique(labels)}
+
+
+def stratified_sample(labels: Tensor | Sequence[int], n: int, seed: int = 0) -> Tensor:
+    """Indices of a seeded draw of ``n`` samples with every class in proportion.
+
+    Each class gets its share ``n * count / total`` (largest remainders first), and at least two
+    samples (one where ``n`` is below twice the number of classes), so a held-out split still
+    sees every class. The indices come back sorted (files are then read in order).
+
+    Args:
+        labels: ``(N,)`` integer labels.
+        n: samples wanted; ``n >= N`` returns every index.
+        seed: seed of the draw.
+
+    Returns:
+        ``(min(n, N),)`` sorted indices.
+
+    Raises:
+        HeadkitError: ``n`` is below the number of classes.
+
+    Example:
+        >>> import torch
+        >>> y = torch.tensor([0] * 90 + [1] * 10)
+        >>> idx = stratified_sample(y, 20, seed=0)
+        >>> torch.bincount(y[idx]).tolist()
+        [18, 2]
+    """
+    y = torch.as_tensor(labels).reshape(-1).long()
+    total = int(y.numel())
+    if n <= 0:
+        raise HeadkitError(f"the number of samples to draw must be positive, got {n}")
+    if n >= total:
+        return torch.arange(total)
+    groups = _class_indices(y)
+    k = len(groups)
+    if n < k:
+        raise HeadkitError(
+            f"cannot draw {n} samples from {k} classes with every class present: "
+            f"ask for at least {min(2 * k, total)}"
+        )
+    floor = 2 if n >= 2 * k else 1
+    counts = {c: int(v.numel()) for c, v in groups.items()}
+    share = {c: n * counts[c] / total for c in groups}
+    take = {c: min(counts[c], max(floor, int(share[c]))) for c in groups}
+    g = torch.Generator().manual_seed(seed)
+    order = sorted(groups, key=lambda c: share[c] - int(share[c]), reverse=True)
+    # hand out what is left by the largest remainders, then round-robin; take back where over
+    while sum(take.values()) < n:
+        grew = False
+        for c in order:
+            if sum(take.values()) >= n:
+                break
+            if take[c] < counts[c]:
+                take[c] += 1
+                grew = True
+        if not grew:
+            break
+    while sum(take.values()) > n:
+        c = max((c for c in groups if take[c] > floor), key=lambda c: take[c] - share[c])
+        take[c] -= 1
+    picked = [idx[torch.randperm(idx.numel(), generator=g)[: take[c]]] for c, idx in groups.items()]
+    return torch.sort(torch.cat(picked)).values
+
+
+def stratified_split(
+    labels: Tensor | Sequence[int], test_fraction: float = 0.2, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A seeded split with every class in both parts, in proportion.
+
+    Each class with at least two samples puts ``round(test_fraction * count)`` of them (at least
+    one, at most all but one) into the test part.
+
+    Args:
+        labels: ``(N,)`` integer labels.
+        test_fraction: share of each class held out, in (0, 1).
+        seed: seed of the split.
+
+    Returns:
+        ``(train_indices, test_indices)``, each sorted.
+
+    Raises:
+        HeadkitError: a fraction outside (0, 1), or fewer than two classes with two samples.
+
+    Example:
+        >>> import torch
+        >>> tr, te = stratified_split(torch.tensor([0] * 8 + [1] * 2), 0.25, seed=0)
+        >>> len(tr), len(te)
+        (7, 3)
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise HeadkitError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    y = torch.as_tensor(labels).reshape(-1).long()
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for _, idx in _class_indices(y).items():
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        if idx.numel() < 2:
+            train.append(idx)
+            continue
+        k = min(idx.numel() - 1, max(1, round(test_fraction * idx.numel())))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    if len(test) < 2:
+        raise HeadkitError(
+            "a held-out split needs at least two classes with two samples each; "
+            f"the labels have {len(_class_indices(y))} classes and {y.numel()} samples"
+        )
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(test)).values
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class _Images(Dataset[tuple[Tensor, int]]):
+    """Common part: resize, channels, normalisation; subclasses read one image."""
+
+    def __init__(
+        self,
+        labels: list[int],
+        *,
+        size: tuple[int, int] | None,
+        channels: int,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> None:
+        self.labels = labels
+        self.size = size
+        self.channels = channels
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1) if mean else None
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1) if std else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _finish(self, img: Tensor) -> Tensor:
+        """``(C, H, W)`` float in [0, 1] -> resized, channel-matched, normalised."""
+        if self.size is not None and tuple(img.shape[-2:]) != self.size:
+            img = F.interpolate(
+                img[None], size=self.size, mode="bilinear", align_corners=False, antialias=True
+            )[0]
+        if img.shape[0] != self.channels:
+            if img.shape[0] == 1:
+                img = img.expand(self.channels, -1, -1)
+            elif self.channels == 1:
+                img = img.mean(0, keepdim=True)
+            else:
+                raise HeadkitError(
+                    f"images have {img.shape[0]} channels, the model expects {self.channels}"
+                )
+        if self.mean is not None and self.std is not None:
+            img = (img - self.mean) / self.std
+        return img.contiguous()
+
+
+class FolderImages(_Images):
+    """Images of a folder ``root/<class>/<image>``, read one by one when asked (streamed).
+
+    Sub-folders inside a class folder are searched too. Files without an image extension are
+    left out (listed in `DataFacts.skipped`); a file with an image extension that cannot be
+    decoded raises a `HeadkitError` that names it when it is read.
+    """
+
+    def __init__(
+        self,
+        files: list[str],
+        labels: list[int],
+        *,
+        size: tuple[int, int] | None,
+        expect_size: tuple[int, int] | None,
+        channels: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(labels, size=size, channels=channels, mean=mean, std=std)
+        self.files = files
+        self.expect_size = expect_size
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        import numpy as np
+        from PIL import Image
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if self.channels != 1 else "L")
+                arr = np.asarray(im, dtype=np.uint8)
+        except Exception as err:
+            raise HeadkitError(
+                f"cannot read image {path!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}): "
+                "remove the file or replace it with a readable image"
+            ) from None
+        img = torch.from_numpy(arr.copy())
+        img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)
+        if (
+            self.size is None
+            and self.expect_size is not None
+            and tuple(img.shape[-2:]) != self.expect_size
+        ):
+            h, w = self.expect_size
+            raise HeadkitError(
+                f"image {path!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
+                f"{h}x{w}: pass --size N (size=N) to resize every image to NxN"
+            )
+        return self._finish(img.float().div_(255.0)), self.labels[i]
+
+
+class ArrayImages(_Images):
+    """Images held in an array ``(N, C, H, W)`` (numpy, possibly memory-mapped, or a tensor).
+
+    Samples are converted one batch at a time (``__getitems__``), so a memory-mapped array is
+    never read whole.
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        labels: list[int],
+        *,
+        scale: float,
+        size: tuple[int, int] | None,
+        channels: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(labels, size=size, channels=channels, mean=mean, std=std)
+        self.x = x
+        self.scale = scale
+
+    def _get(self, idx: list[int]) -> Tensor:
+        import numpy as np
+
+        if isinstance(self.x, Tensor):
+            raw = self.x[torch.as_tensor(idx)]
+        else:
+            raw = torch.from_numpy(np.ascontiguousarray(self.x[np.asarray(idx)]))
+        return raw.float() * self.scale
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self._finish(self._get([i])[0]), self.labels[i]
+
+    def __getitems__(self, idx: list[int]) -> list[tuple[Tensor, int]]:
+        batch = self._get(list(idx))
+        return [(self._finish(b), self.labels[i]) for b, i in zip(batch, idx, strict=True)]
+
+
+# ----------------------------------------------------------------------------- opening sources
+
+
+@dataclass
+class ImageSource:
+    """An opened data source: labels, facts and a way to build a `Dataset` for a given input.
+
+    ``test`` is set when the source brings its own test split (``x_test``/``y_test`` in an
+    ``.npz``).
+    """
+
+    facts: DataFacts
+    labels: list[int]
+    _make: Any
+    test: ImageSource | None = None
+
+    def dataset(
+        self,
+        *,
+        size: tuple[int, int] | None = None,
+        channels: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Dataset[tuple[Tensor, int]]:
+        """A dataset yielding ``(image (C, H, W) float, label)``; ``size`` resizes every image."""
+        ds: Dataset[tuple[Tensor, int]] = self._make(
+            size=size,
+            channels=channels or self.facts.channels,
+            mean=mean,
+            std=std,
+        )
+        return ds
+
+
+def open_images(path: str | os.PathLike[str]) -> ImageSource:
+    """Open an image folder or an ``.npz`` without reading the images.
+
+    Args:
+        path: a folder ``root/<class>/<image>`` or an ``.npz`` holding ``x`` (``(N, H, W)``,
+            ``(N, H, W, C)`` or ``(N, C, H, W)``, uint8 or floats in [0, 1] or [0, 255]) and
+            ``y`` (``(N,)`` integer labels); ``x_train``/``y_train`` with ``x_test``/``y_test``
+            bring their own test split.
+
+    Returns:
+        An `ImageSource`.
+
+    Raises:
+        HeadkitError: a missing path, a single image file, an unreadable or malformed ``.npz``,
+            a folder without class sub-folders or without images.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise HeadkitError(
+            f"data path {p!r} does not exist: pass an image folder root/<class>/<image> or an .npz"
+        )
+    if os.path.isdir(p):
+        return _open_folder(p)
+    if p.lower().endswith(IMAGE_EXTENSIONS):
+        raise HeadkitError(
+            f"{p!r} is a single image; pass the folder that holds one sub-folder of images per "
+            "class (root/<class>/<image>), or an .npz with arrays x and y"
+        )
+    return _open_npz(p)
+
+
+def _open_folder(root: str) -> ImageSource:
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    loose = [e.name for e in entries if e.is_file()]
+    if not classes:
+        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in loose):
+            raise HeadkitError(
+                f"{root!r} holds images but no class sub-folders: put each class's images in "
+                "its own folder, root/<class>/<image>"
+            )
+        raise HeadkitError(
+            f"{root!r} has no class sub-folders of images (expected root/<class>/<image>)"
+        )
+    files: list[str] = []
+    labels: list[int] = []
+    skipped = [n for n in loose]
+    for ci, c in enumerate(classes):
+        base = os.path.join(root, c)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for f in sorted(filenames):
+                full = os.path.join(dirpath, f)
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(full)
+                    labels.append(ci)
+                else:
+                    skipped.append(os.path.relpath(full, root))
+    if not files:
+        raise HeadkitError(
+            f"no images under {root!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+            f"found {len(skipped)} other files"
+        )
+    empty = [c for ci, c in enumerate(classes) if ci not in set(labels)]
+    if empty:
+        raise HeadkitError(
+            f"class folders without images under {root!r}: {empty[:5]}"
+            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            + ": remove them or add images"
+        )
+    size, channels = _peek(files)
+    facts = DataFacts(
+        source=root,
+        kind="folder",
+        n=len(files),
+        classes=classes,
+        image_size=size,
+        channels=channels,
+        skipped=skipped,
+        note="streamed from disk",
+    )
+
+    def make(
+        *,
+        size: tuple[int, int] | None,
+        channels: int,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> FolderImages:
+        return FolderImages(
+            files,
+            labels,
+            size=size,
+            expect_size=facts.image_size,
+            channels=channels,
+            mean=mean,
+            std=std,
+        )
+
+    return ImageSource(facts, labels, make)
+
+
+def _peek(files: list[str], k: int = 32) -> tuple[tuple[int, int] | None, int]:
+    """Sizes and modes of up to ``k`` images spread over the list (headers only)."""
+    from PIL import Image
+
+    step = max(1, len(files) // k)
+    sizes: set[tuple[int, int]] = set()
+    colour = False
+    for path in files[::step][:k]:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                colour = colour or im.mode not in ("L", "1", "I", "I;16", "F")
+        except Exception as err:
+            raise HeadkitError(
+                f"cannot read image {path!r} ({type(err).__name__}): remove the file or replace "
+                "it with a readable image"
+            ) from None
+        sizes.add((h, w))
+    return (next(iter(sizes)) if len(sizes) == 1 else None), (3 if colour else 1)
+
+
+def _npz_member(path: str, key: str) -> Any:
+    """Memory-map array ``key`` of an uncompressed ``.npz``; None when that is not possible."""
+    import numpy as np
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    if fortran or dtype.hasobject:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+
+
+def _open_npz(path: str) -> ImageSource:
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise HeadkitError(
+            f"cannot read {path!r} as an .npz of arrays ({type(err).__name__}): pass an image "
+            "folder root/<class>/<image> or an .npz with arrays x and y"
+        ) from None
+    if not hasattr(data, "files"):
+        raise HeadkitError(
+            f"{path!r} holds one array, not an .npz with arrays x and y (save with np.savez(path, x=..., y=...))"
+        )
+    keys = set(data.files)
+    pairs = [("x", "y"), ("images", "labels"), ("x_train", "y_train"), ("X", "Y")]
+    found = next(((a, b) for a, b in pairs if a in keys and b in keys), None)
+    if found is None:
+        raise HeadkitError(
+            f"{path!r} needs arrays 'x' (images) and 'y' (labels); it has {sorted(keys)}"
+        )
+    source = _npz_split(path, data, *found)
+    if found == ("x_train", "y_train") and {"x_test", "y_test"} <= keys:
+        source.test = _npz_split(path, data, "x_test", "y_test", source.facts.classes)
+    return source
+
+
+def _npz_split(
+    path: str, data: Any, xk: str, yk: str, classes: list[str] | None = None
+) -> ImageSource:
+    import numpy as np
+
+    try:
+        x = _npz_member(path, xk)
+    except Exception:
+        x = None
+    mapped = x is not None
+    if x is None:
+        x = data[xk]
+    y = np.asarray(data[yk]).reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise HeadkitError(f"{path!r}: labels {yk!r} must be integers, got {y.dtype}")
+    if x.ndim == 3:
+        layout = "NHW"
+    elif x.ndim == 4 and x.shape[1] in (1, 3):
+        layout = "NCHW"
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        layout = "NHWC"
+    else:
+        raise HeadkitError(
+            f"{path!r}: {xk} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3; "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] != y.shape[0]:
+        raise HeadkitError(
+            f"{path!r}: {xk} has {x.shape[0]} images but {yk} has {y.shape[0]} labels"
+        )
+    if np.issubdtype(x.dtype, np.integer):
+        top = float(np.iinfo(x.dtype).max) if x.dtype == np.uint8 else 0.0
+        if top == 0.0:
+            top = float(_chunked_max(x))
+            top = 255.0 if top <= 255 else top
+        scale, note = 1.0 / top, f"integer pixels scaled by 1/{top:g}"
+    elif np.issubdtype(x.dtype, np.floating):
+        top = float(_chunked_max(x))
+        if top <= 1.0:
+            scale, note = 1.0, "float pixels in [0, 1]"
+        elif top <= 255.0:
+            scale, note = 1.0 / 255.0, "float pixels in [0, 255] scaled by 1/255"
+        else:
+            raise HeadkitError(
+                f"{path!r}: {xk} holds values up to {top:g}; pixels must be in [0, 1] or [0, 255]"
+            )
+    else:
+        raise HeadkitError(f"{path!r}: {xk} has dtype {x.dtype}; expected integers or floats")
+    if layout == "NHW":
+        x = x[:, None]
+    elif layout == "NHWC":
+        x = np.moveaxis(x, -1, 1) if mapped else np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    labels = [int(v) for v in y]
+    if classes is None:
+        classes = [str(c) for c in sorted(set(labels))]
+    else:
+        extra = sorted({str(v) for v in labels} - set(classes))
+        if extra:
+            raise HeadkitError(f"{path!r}: {yk} has labels the training labels lack: {extra[:5]}")
+    remap = {int(c): i for i, c in enumerate(classes)}
+    labels = [remap[v] for v in labels]
+    facts = DataFacts(
+        source=path if xk in ("x", "images", "X") else f"{path}[{xk}]",
+        kind="npz",
+        n=int(x.shape[0]),
+        classes=classes,
+        image_size=(int(x.shape[-2]), int(x.shape[-1])),
+        channels=int(x.shape[1]),
+        note=note + ("; memory-mapped" if mapped else ""),
+    )
+
+    def make(
+        *,
+        size: tuple[int, int] | None,
+        channels: int,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> ArrayImages:
+        return ArrayImages(x, labels, scale=scale, size=size, channels=channels, mean=mean, std=std)
+
+    return ImageSource(facts, labels, make)
+
+
+def _chunked_max(x: Any, chunk: int = 4096) -> float:
+    top = float("-inf")
+    for s in range(0, x.shape[0], chunk):
+        top = max(top, float(x[s : s + chunk].max()))
+    return top
+
+
+# ----------------------------------------------------------------------------- in memory
+
+
+def digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits: ``(1797, 1, 8, 8)`` images in [0, 1] and ``(1797,)`` labels.
+
+    Read from the data file inside the scikit-learn wheel (importing scikit-learn itself costs
+    seconds); `sklearn.datasets.load_digits` where that file is not found.
+
+    Raises:
+        HeadkitError: scikit-learn is not installed.
+    """
+    x, y = _digits_arrays()
+    return x.clone(), y.clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[Tensor, Tensor]:
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise HeadkitError('the digits need scikit-learn: pip install "headkit[demo]"')
+    path = os.path.join(
+        next(iter(spec.submodule_search_locations)), "datasets", "data", "digits.csv.gz"
+    )
+    data = None
+    if os.path.isfile(path):
+        with gzip.open(path, "rt") as fh:
+            data = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    if data is None or data.shape != (1797, 65):
+        from sklearn.datasets import load_digits
+
+        xs, ys = load_digits(return_X_y=True)
+        data = np.concatenate([xs, ys[:, None]], axis=1).astype(np.float32)
+    imgs = torch.from_numpy(data[:, :64].copy()).view(-1, 1, 8, 8) / 16.0
+    return imgs, torch.from_numpy(data[:, 64].astype(np.int64))
+
+
+def load_images(
+    path: str | os.PathLike[str] | None = None,
+    size: int | tuple[int, int] | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, DataFacts]:
+    """Images ``(N, C, H, W)`` in [0, 1], labels ``(N,)`` and `DataFacts`, all in memory.
+
+    For small data (the demo, the examples); the CLI streams instead (`open_images`).
+
+    Args:
+        path: an image folder or an ``.npz`` (see `open_images`); None: scikit-learn's digits.
+        size: resize every image to ``size`` (an int means square); None keeps their own size
+            (images of different sizes then raise).
+        max_samples: a seeded stratified draw of this many samples (`stratified_sample`).
+        seed: seed of the draw.
+
+    Returns:
+        ``(images, labels, facts)``.
+    """
+    hw: tuple[int, int] | None = None
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if path is None:
+        x, y = digits()
+        facts = DataFacts(
+            "scikit-learn digits", "digits", int(x.shape[0]), [str(i) for i in range(10)], (8, 8), 1
+        )
+        if max_samples is not None:
+            keep = stratified_sample(y, max_samples, seed)
+            x, y = x[keep], y[keep]
+        if hw is not None:
+            x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+        return x, y, facts
+    src = open_images(path)
+    _warn_skipped(src.facts)
+    ds = src.dataset(size=hw)
+    idx = (
+        stratified_sample(src.labels, max_samples, seed)
+        if max_samples is not None
+        else torch.arange(len(src.labels))
+    )
+    items = [ds[int(i)] for i in idx]
+    x = torch.stack([im for im, _ in items])
+    y = torch.tensor([lab for _, lab in items], dtype=torch.long)
+    return x, y, src.facts
+
+
+def _warn_skipped(facts: DataFacts) -> None:
+    if facts.skipped:
+        warnings.warn(skipped_message(facts), stacklevel=3)
+
+
+def skipped_message(facts: DataFacts) -> str:
+    """One line on the files left out of a folder."""
+    shown = ", ".join(facts.skipped[:3])
+    more = f" and {len(facts.skipped) - 3} more" if len(facts.skipped) > 3 else ""
+    return (
+        f"left out {len(facts.skipped)} file(s) under {facts.source!r} that are not images "
+        f"(by extension): {shown}{more}"
+    )
+
+
+@dataclass(frozen=True)
+class DisruptedDigits:
+    """The demo's task: two digits side by side; augmentation removes the right one.
+
+    Attributes:
+        x_train: ``(N, 1, 8, 16)`` images in [0, 1], left digit in columns 0-7.
+        right_train: ``(N,)`` class of the right digit (the disrupted feature, the task).
+        left_train: ``(N,)`` class of the left digit (kept in every view, the control).
+        x_test: ``(M, 1, 8, 16)`` images made from digits no training image uses.
+        right_test: ``(M,)``.
+        left_test: ``(M,)``.
+    """
+
+    x_train: Tensor
+    right_train: Tensor
+    left_train: Tensor
+    x_test: Tensor
+    right_test: Tensor
+    left_test: Tensor
+
+
+def disrupted_digits(n_train: int = 2000, n_test: int = 600, seed: int = 0) -> DisruptedDigits:
+    """Pairs of scikit-learn digits, 8x16 pixels, for the disrupted-feature setting.
+
+    The paper's disrupted-feature setting (Xue et al., ICLR 2024, Sec. 5): augmentation removes
+    a feature the downstream task needs. Here each image holds two real digits side by side;
+    pretraining views drop the right digit (`drop_right`), and the downstream task is to name
+    it. The 1,797 digits are split per class (80/20, seeded) before pairing, so no test image
+    shares a digit with a training image.
+
+    Args:
+        n_train: training images (pairs drawn with replacement from the training digits).
+        n_test: test images.
+        seed: seed of the split and the pairing.
+
+    Returns:
+        `DisruptedDigits`.
+
+    Example:
+        >>> d = disrupted_digits(100, 40, seed=0)
+        >>> tuple(d.x_train.shape), tuple(d.right_test.shape)
+        ((100, 1, 8, 16), (40,))
+    """
+    x, y = digits()
+    tr, te = stratified_split(y, 0.2, seed)
+    g = torch.Generator().manual_seed(seed)
+
+    def pairs(pool: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        a = pool[torch.randint(pool.numel(), (n,), generator=g)]
+        b = pool[torch.randint(pool.numel(), (n,), generator=g)]
+        return torch.cat([x[a], x[b]], dim=-1), y[b], y[a]
+
+    xtr, rtr, ltr = pairs(tr, n_train)
+    xte, rte, lte = pairs(te, n_test)
+    return DisruptedDigits(xtr, rtr, ltr, xte, rte, lte)
+
+
+def drop_right(views: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
+    """Blank the right half of each view with probability ``p`` (the disrupting augmentation).
+
+    Args:
+        views: ``(B, C, H, W)`` views.
+        generator: the random source.
+        p: probability of removing the right half.
+
+    Returns:
+        ``(B, C, H, W)`` views.
+    """
+    b, _, _, w = views.shape
+    gone = torch.rand(b, 1, 1, 1, generator=generator) < p
+    right = torch.arange(w) >= w // 2
+    return views.masked_fill(gone & right.view(1, 1, 1, w), 0.0)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(x: Tensor, generator: torch.Generator | None = None, drop: float = 0.25) -> Tensor:
+    """SimCLR-style views of small images: random shift, contrast, noise and cut-out.
+
+    Args:
+        x: ``(B, C, H, W)`` images.
+        generator: the random source (seeded for repeatable views).
+        drop: share of pixels cut out.
+
+    Returns:
+        ``(B, C, H, W)`` views.
+    """
+    b, _, h, w = x.shape
+    g = generator
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)[None]).clamp(max=h + 2 * pad - 1)
+    cols = (dx[:, None] + torch.arange(w)[None]).clamp(max=w + 2 * pad - 1)
+    out = xp[
+        torch.arange(b)[:, None, None, None],
+        torch.arange(x.shape[1])[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    scale = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=g)
+    out = out * scale + 0.1 * torch.randn(out.shape, generator=g)
+    keep = torch.rand(b, 1, h, w, generator=g) > drop
+    views: Tensor = out * keep
+    return views
