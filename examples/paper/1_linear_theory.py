@@ -199,7 +199,7 @@ def main() -> None:
             digits=3,
         ),
         f"slope of log||W1 e_k|| on log||W2 W1 e_k||: {fmt_stat(slopes, scale=1.0, digits=3)} "
-        f"(claim: 0.5; AGREES when the interval lies in [0.4, 0.6]) -> {slope_v}",
+        f"(claim: 0.5 +- 0.1) -> {slope_v}",
     ]
     print("\n".join(lines))
     out += [t, "\n".join(lines)]
@@ -297,7 +297,7 @@ def main() -> None:
             sv = [v[layer] for v in sl]
             lines.append(
                 f"{depth} layers: slope of layer {layer + 1} on the output {fmt_stat(sv, scale=1.0, digits=3)} "
-                f"(theory {target:.3f}; AGREES when the interval lies within +-0.1 of it) -> "
+                f"(claim: the theory's {target:.3f} +- 0.1) -> "
                 + band_verdict(sv, target - 0.1, target + 0.1, smoke)
             )
             lines.append(
