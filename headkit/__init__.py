@@ -4,7 +4,7 @@ Public surface (everything else is private):
 
 - heads: `MLPHead` (with the presets of the common SSL methods), `ReweightHead`;
 - losses: `NTXentLoss`, `SupConLoss`, `InfoNCELoss` (functional forms in `headkit.ops`);
-- layers: `LayerTap`, `feature_info`, `truncate_at`;
+- layers: `LayerTap`, `feature_info`, `truncate_at`, `load_checkpoint` (`LoadReport`);
 - sweeps: `layer_sweep`, `SweepReport` (and the rest of `headkit.probe`);
 - `HeadkitError`, the one error type (a `ValueError`).
 """
@@ -15,9 +15,10 @@ from . import heads, ops, probe
 from ._contrastive import InfoNCELoss, NTXentLoss, SupConLoss
 from ._errors import HeadkitError
 from ._heads import MLPHead, ReweightHead
-from ._probe import SweepReport, layer_sweep
+from ._model import LoadReport, load_checkpoint
 from ._tap import LayerTap, TapInfo, feature_info
 from ._truncate import truncate_at
+from .probe import SweepReport, layer_sweep
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "HeadkitError",
     "InfoNCELoss",
     "LayerTap",
+    "LoadReport",
     "MLPHead",
     "NTXentLoss",
     "ReweightHead",
@@ -35,6 +37,7 @@ __all__ = [
     "feature_info",
     "heads",
     "layer_sweep",
+    "load_checkpoint",
     "ops",
     "probe",
     "truncate_at",

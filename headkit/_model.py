@@ -1,48 +1,162 @@
-"""Facts about a user's model: unwrapping, index semantics, layer names."""
+"""Facts about a user's model, in one place.
+
+Everything headkit needs to know about an encoder it did not build lives here: whether it is a
+module at all (`check_module`), what wraps it (`unwrap`: torch.compile, DDP, DataParallel, FSDP),
+its layer names and timm's index contract (`resolve`, `has_index_semantics`), its prefix tokens
+(`num_prefix_tokens`), its block lists (Hugging Face / open_clip), the layers a sweep uses by
+default (`default_layers`) and how a checkpoint maps onto it (`load_checkpoint`).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ._errors import HeadkitError, closest
 
 __all__ = [
     "LayerSpec",
+    "LoadReport",
+    "block_lists",
+    "check_module",
+    "default_layers",
     "has_index_semantics",
     "is_compiled",
+    "load_checkpoint",
     "num_indices",
+    "num_prefix_tokens",
     "resolve",
     "unwrap",
+    "wrappers",
 ]
 
 LayerSpec = int | str
 _GLOB = re.compile(r"[*?\[]")
 
+# name segments that wrappers insert into module paths (FSDP1 auto-wrap, checkpoint_wrapper,
+# torch.compile of a submodule): a user's name without them still resolves
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """Strip ``torch.compile``, DDP and DataParallel wrappers."""
-    seen = 0
-    while seen < 8:
-        seen += 1
+
+# ----------------------------------------------------------------------------- what it is
+
+
+def check_module(obj: object, where: str) -> nn.Module:
+    """Return ``obj`` if it is an ``nn.Module``; otherwise a `HeadkitError` that says what to pass.
+
+    Args:
+        obj: what the user passed as the model.
+        where: the entry point, for the message (e.g. ``"LayerTap"``).
+
+    Raises:
+        HeadkitError: for a tuple such as open_clip's ``(model, preprocess_train,
+            preprocess_val)``, a string, None, a state_dict, or anything else that is not a module.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Linear(2, 3)
+        >>> check_module(net, "LayerTap") is net
+        True
+        >>> check_module((net, None, None), "LayerTap")
+        Traceback (most recent call last):
+        ...
+        headkit._errors.HeadkitError: LayerTap needs an nn.Module, got a tuple of 3 (Linear, NoneType, NoneType): pass the model, its first element (open_clip.create_model_and_transforms returns (model, preprocess_train, preprocess_val))
+    """
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        kinds = ", ".join(type(o).__name__ for o in obj[:4]) + (", ..." if len(obj) > 4 else "")
+        first = obj[0] if obj else None
+        hint = (
+            ": pass the model, its first element (open_clip.create_model_and_transforms returns "
+            "(model, preprocess_train, preprocess_val))"
+            if isinstance(first, nn.Module)
+            else ": pass the model itself"
+        )
+        raise HeadkitError(
+            f"{where} needs an nn.Module, got a {type(obj).__name__} of {len(obj)} ({kinds}){hint}"
+        )
+    if isinstance(obj, str):
+        raise HeadkitError(
+            f"{where} needs an nn.Module, got the string {obj!r}: build the model first, e.g. "
+            "timm.create_model(name, pretrained=False) or transformers.AutoModel.from_config(cfg)"
+        )
+    if obj is None:
+        raise HeadkitError(f"{where} needs an nn.Module, got None")
+    if isinstance(obj, Mapping):
+        raise HeadkitError(
+            f"{where} needs an nn.Module, got a {type(obj).__name__} (a state_dict?): build the "
+            "model, then headkit.load_checkpoint(model, state_dict)"
+        )
+    raise HeadkitError(
+        f"{where} needs an nn.Module, got {type(obj).__module__}.{type(obj).__name__}"
+    )
+
+
+def _is_fsdp1(model: nn.Module) -> bool:
+    return type(model).__name__ == "FullyShardedDataParallel" and hasattr(
+        model, "_fsdp_wrapped_module"
+    )
+
+
+def wrappers(model: nn.Module) -> list[nn.Module]:
+    """The wrappers around the user's module, outermost first (compile, DDP, DataParallel, FSDP)."""
+    out: list[nn.Module] = []
+    for _ in range(8):
         inner = getattr(model, "_orig_mod", None)
         if isinstance(inner, nn.Module):
+            out.append(model)
             model = inner
             continue
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            out.append(model)
             model = model.module
             continue
+        if _is_fsdp1(model):
+            out.append(model)
+            model = model.module  # type: ignore[assignment]
+            continue
         break
-    return model
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile``, DDP, DataParallel and FSDP wrappers.
+
+    FSDP2 (``fully_shard``) and plain modules are returned as they are.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Linear(2, 3)
+        >>> unwrap(nn.DataParallel(net)) is net
+        True
+    """
+    ws = wrappers(model)
+    if not ws:
+        return model
+    last = ws[-1]
+    inner = getattr(last, "_orig_mod", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    out: nn.Module = last.module  # type: ignore[assignment]
+    return out
 
 
 def is_compiled(model: nn.Module) -> bool:
     """True for ``torch.compile(model)`` wrappers and modules compiled in place."""
-    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+    if any(isinstance(getattr(w, "_orig_mod", None), nn.Module) for w in [model, *wrappers(model)]):
         return True
     return getattr(model, "_compiled_call_impl", None) is not None
+
+
+# ----------------------------------------------------------------------------- timm indices
 
 
 def has_index_semantics(model: nn.Module) -> bool:
@@ -61,6 +175,9 @@ def _feature_info_len(model: nn.Module) -> int:
 def num_indices(model: nn.Module) -> int:
     """Number of valid int indices (``len(model.feature_info)``)."""
     return _feature_info_len(model)
+
+
+# ----------------------------------------------------------------------------- names
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -94,6 +211,23 @@ def _names_hint(model: nn.Module) -> str:
     return "list them all with [name for name, _ in model.named_modules()]"
 
 
+def canonical_name(name: str) -> str:
+    """A module path without the segments that wrappers insert (FSDP, checkpoint_wrapper)."""
+    if not any(s in name for s in _WRAPPER_SEGMENTS):
+        return name
+    return ".".join(p for p in name.split(".") if p not in _WRAPPER_SEGMENTS)
+
+
+def module_names(model: nn.Module) -> dict[str, str]:
+    """``{name as a user writes it: real name}`` for every named submodule."""
+    out: dict[str, str] = {}
+    for n, _ in model.named_modules():
+        if n:
+            out.setdefault(n, n)
+            out.setdefault(canonical_name(n), n)
+    return out
+
+
 def resolve(model: nn.Module, spec: object) -> list[tuple[LayerSpec, int | str]]:
     """Expand one layer spec into ``(output key, int index or module name)`` pairs.
 
@@ -120,23 +254,635 @@ def resolve(model: nn.Module, spec: object) -> list[tuple[LayerSpec, int | str]]
                 f"{-n}..{n - 1} ({n} intermediates)"
             )
         return [(spec, spec % n)]
+    table = module_names(model)
     names = [n for n, _ in model.named_modules() if n]
-    name_set = set(names)
     if _GLOB.search(spec):
         rx = _glob_regex(spec[7:] if spec.startswith("module.") else spec)
-        hits = [n for n in names if rx.match(n)]
+        hits = [n for n in names if rx.match(n) or rx.match(canonical_name(n))]
         if not hits:
             raise HeadkitError(
                 f"layer pattern {spec!r} matches no module of {type(model).__name__}; "
                 f"closest names: {closest(spec.replace('*', ''), names)} ({_names_hint(model)})"
             )
-        return [(h, h) for h in hits]
+        return [(canonical_name(h), h) for h in hits]
     name = spec
-    if name not in name_set and name.startswith("module.") and name[7:] in name_set:
+    if name not in table and name.startswith("module.") and name[7:] in table:
         name = name[7:]
-    if name not in name_set:
+    if name not in table:
         near = closest(name, names)
         raise HeadkitError(
             f"no layer named {spec!r} in {type(model).__name__}; closest: {near} ({_names_hint(model)})"
         )
-    return [(spec, name)]
+    return [(spec, table[name])]
+
+
+# ----------------------------------------------------------------------------- prefix tokens
+
+# parameter / buffer names (last segment) that hold prefix tokens, and how many each holds
+_CLS_NAMES = ("cls_token", "class_token", "class_embedding")
+_DIST_NAMES = ("dist_token", "distillation_token")
+_REG_NAMES = ("reg_token", "register_tokens", "registers", "reg_tokens")
+# names that look like prefix tokens headkit cannot interpret: refuse to guess
+_SUSPECT = re.compile(r"(cls|class_emb|token|register|prefix|distill)", re.IGNORECASE)
+_NOT_PREFIX = re.compile(
+    r"(mask_token|token_embed|token_type|word_emb|tokenizer|position|pos_emb|tokens_per|"
+    r"token_mixer|token_mixing|tokens_mlp|token_mlp|cls_head|class_head|classifier|num_tokens)",
+    re.IGNORECASE,
+)
+
+
+def _own_tensors(
+    module: nn.Module, skip: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, Any]]:
+    for full, t in [*module.named_parameters(), *module.named_buffers()]:
+        if full.split(".", 1)[0] not in skip:
+            yield full, t
+
+
+def _token_kind(full: str) -> str | None:
+    """ "cls" / "dist" / "reg" for a known prefix-token tensor name, "?" for one that only looks
+    like one, None otherwise."""
+    last = full.rsplit(".", 1)[-1]
+    if last in _CLS_NAMES:
+        return "cls"
+    if last in _DIST_NAMES:
+        return "dist"
+    if last in _REG_NAMES:
+        return "reg"
+    if _SUSPECT.search(last) and not _NOT_PREFIX.search(full):
+        return "?"
+    return None
+
+
+def _count_in(module: nn.Module, skip: frozenset[str] = frozenset()) -> int | None:
+    """Prefix tokens found in ``module``'s tree (children in ``skip`` left out); None if some
+    token-like tensor is not understood."""
+    n = getattr(module, "num_prefix_tokens", None)
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    count = 0
+    for full, t in _own_tensors(module, skip):
+        kind = _token_kind(full)
+        if kind is None or not isinstance(t, Tensor):
+            continue
+        if kind == "?":
+            return None
+        if kind == "reg":
+            count += int(t.shape[-2]) if t.dim() >= 2 else 1
+        else:
+            count += int(t.shape[-2]) if t.dim() >= 3 else 1
+    return count
+
+
+def _has_tokens(module: nn.Module, skip: frozenset[str]) -> bool:
+    n = getattr(module, "num_prefix_tokens", None)
+    if isinstance(n, int) and not isinstance(n, bool):
+        return True
+    return any(_token_kind(full) is not None for full, _ in _own_tensors(module, skip))
+
+
+def num_prefix_tokens(model: nn.Module, layer: str | None = None) -> int | None:
+    """Number of prefix tokens (class, distillation, register) in the token outputs of ``model``.
+
+    Read from the model itself: timm's ``num_prefix_tokens``; Hugging Face ``cls_token`` /
+    ``class_embedding`` (ViT, DeiT, DINOv2, CLIP), ``distillation_token`` (DeiT),
+    ``register_tokens`` (DINOv2 with registers, ``config.num_register_tokens``); open_clip's
+    ``class_embedding``. With ``layer`` (a module name), only the tower that holds the layer is
+    read (the vision tower of a CLIP model has a class token, its text tower has none).
+
+    Returns 0 when the model holds no tensor that looks like a prefix token, and None when it
+    holds one headkit cannot interpret (then pass ``num_prefix_tokens=`` to `LayerTap`).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class TinyViT(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        ...         self.reg_token = nn.Parameter(torch.zeros(1, 4, 8))
+        ...         self.blocks = nn.Sequential(nn.Linear(8, 8))
+        >>> num_prefix_tokens(TinyViT())
+        5
+        >>> num_prefix_tokens(nn.Sequential(nn.Linear(8, 8)))
+        0
+    """
+    model = unwrap(model)
+    if not layer:
+        return _count_in(model)
+    modules = dict(model.named_modules())
+    parts = module_names(model).get(layer, layer).split(".")
+    # walk up from the layer; at each ancestor, leave out sibling subtrees that are towers of
+    # their own (they hold a block list: CLIP's other tower), and stop at the first ancestor
+    # whose remaining tree holds prefix tokens
+    for depth in range(len(parts) - 1, -1, -1):
+        anc = ".".join(parts[:depth])
+        sub = modules.get(anc)
+        if sub is None:
+            continue
+        on_path = parts[depth] if depth < len(parts) else None
+        skip = frozenset(n for n, c in sub.named_children() if n != on_path and block_lists(c))
+        if _has_tokens(sub, skip):
+            return _count_in(sub, skip)
+    return 0
+
+
+# ----------------------------------------------------------------------------- block lists
+
+_BLOCK_LIST_NAMES = frozenset(
+    {"layer", "layers", "blocks", "block", "resblocks", "stages", "h", "encoder_layers"}
+)
+_VISION_TOWERS = ("visual", "vision_model", "vision_tower", "image_encoder", "vision_encoder")
+
+
+def _library(model: nn.Module) -> str:
+    mod = type(model).__module__.split(".", 1)[0]
+    return mod
+
+
+def _holds_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
+def block_lists(model: nn.Module) -> list[str]:
+    """Names of the block lists of a Hugging Face / open_clip encoder, outermost only.
+
+    A block list is an ``nn.ModuleList`` (or ``nn.Sequential``) named ``layer``, ``layers``,
+    ``blocks``, ``resblocks``, ``stages``, ... holding at least one parameter-holding block,
+    every block of one class: ``encoder.layer`` (BERT, DINOv2), ``encoder.layers`` (CLIP, Swin),
+    ``layers`` (ViT), ``encoder.stages`` (ConvNeXt), ``transformer.resblocks`` (open_clip).
+    Lists inside another list's blocks (Swin's per-stage ``blocks``) are left out.
+
+    Example:
+        >>> from torch import nn
+        >>> class Enc(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        >>> block_lists(Enc())
+        ['layers']
+    """
+    found: list[str] = []
+    for name, m in model.named_modules():
+        if not name or not isinstance(m, (nn.ModuleList, nn.Sequential)):
+            continue
+        if name.rsplit(".", 1)[-1] not in _BLOCK_LIST_NAMES:
+            continue
+        children = list(m.children())
+        if not children or len({type(c) for c in children}) != 1:
+            continue
+        if not all(_holds_params(c) for c in children):
+            continue
+        if any(name.startswith(f + ".") for f in found):
+            continue
+        found.append(name)
+    return found
+
+
+# ----------------------------------------------------------------------------- default layers
+
+
+def _inplace(m: nn.Module) -> bool:
+    return bool(getattr(m, "inplace", False))
+
+
+def _is_param_free_leaf(m: nn.Module) -> bool:
+    return not any(True for _ in m.children()) and not _holds_params(m)
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _children_candidates(parent: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """A module's children that can be default layers, in registration order: no parameter-free
+    leaves (ReLU, Identity, Dropout, Flatten, pooling), no module whose output the next sibling
+    changes in place (``bn1`` before ``ReLU(inplace=True)``); ModuleLists are expanded."""
+    kids = list(parent.named_children())
+    out: list[tuple[str, nn.Module]] = []
+    for i, (name, m) in enumerate(kids):
+        full = f"{prefix}{name}"
+        if isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+            out.extend(_children_candidates(m, full + "."))
+            continue
+        if _is_param_free_leaf(m):
+            continue
+        nxt = kids[i + 1][1] if i + 1 < len(kids) else None
+        if nxt is not None and _inplace(nxt):
+            continue
+        out.append((full, m))
+    return out
+
+
+def _albert_layers(model: nn.Module) -> list[LayerSpec] | None:
+    cfg: Any = getattr(model, "config", None)
+    groups = [n for n, _ in model.named_modules() if n.endswith("albert_layer_groups")]
+    if cfg is None or len(groups) != 1:
+        return None
+    n = int(getattr(cfg, "num_hidden_layers", 0))
+    g = int(getattr(cfg, "num_hidden_groups", 1) or 1)
+    if n <= 0:
+        return None
+    out: list[LayerSpec] = []
+    seen: dict[int, int] = {}
+    for i in range(n):
+        gi = int(i / (n / g))
+        out.append(f"{groups[0]}.{gi}@{seen.get(gi, 0)}")
+        seen[gi] = seen.get(gi, 0) + 1
+    return out
+
+
+def default_layers(model: nn.Module) -> list[LayerSpec]:
+    """The layers a sweep reads when none are given.
+
+    - timm models: every index of the ``forward_intermediates`` contract;
+    - Hugging Face and open_clip encoders: every block of the encoder's block list
+      (`block_lists`; with both a text and an image tower, the image tower's; ALBERT's shared
+      layer group once per call, as ``"name@call"``);
+    - anything else: the top-level children, a container holding most of the parameters
+      (``encoder``, ``features``) replaced by its children, leaving out parameter-free leaves
+      (ReLU, Identity, Dropout, Flatten, pooling) and any module whose output the next module
+      changes in place (torchvision ResNet's ``bn1``, followed by ``ReLU(inplace=True)``).
+
+    Raises:
+        HeadkitError: a non-module, or a model without a layer to read.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+        >>> default_layers(net)
+        ['0', '3']
+    """
+    inner = unwrap(check_module(model, "default_layers"))
+    if has_index_semantics(inner):
+        return list(range(num_indices(inner)))
+    lib = _library(inner)
+    if lib in ("transformers", "open_clip"):
+        albert = _albert_layers(inner) if lib == "transformers" else None
+        if albert:
+            return albert
+        towers = [(n, c) for n, c in inner.named_children() if n in _VISION_TOWERS]
+        if len(towers) == 1:  # a model with an image and a text tower (CLIP): the image tower
+            name, tower = towers[0]
+            return [f"{name}.{spec}" for spec in default_layers(tower)]
+        lists = block_lists(inner)
+        if len(lists) > 1:
+            vision = [n for n in lists if any(t in n.split(".") for t in _VISION_TOWERS)]
+            if len(vision) == 1:
+                lists = vision
+            else:
+                raise HeadkitError(
+                    f"{type(inner).__name__} has {len(lists)} block lists {lists}; pass layers=, "
+                    f"e.g. ['{lists[0]}.*'], or the tower you want"
+                )
+        if lists:
+            lst = inner.get_submodule(lists[0])
+            return [f"{lists[0]}.{n}" for n, _ in lst.named_children()]
+    cands = _children_candidates(inner, "")
+    for _ in range(8):
+        containers = [(n, m) for n, m in cands if any(True for _ in m.children())]
+        if not containers:
+            break
+        total = sum(_n_params(m) for _, m in cands) or 1
+        containers.sort(key=lambda nm: -_n_params(nm[1]))
+        few = len(cands) < 4
+        expanded = False
+        for big_name, big in containers:
+            if not (few or _n_params(big) >= 0.8 * total):
+                break
+            kids = _children_candidates(big, big_name + ".")
+            if len(kids) < 2:
+                continue
+            i = next(i for i, (n, _) in enumerate(cands) if n == big_name)
+            cands = cands[:i] + kids + cands[i + 1 :]
+            expanded = True
+            break
+        if not expanded:
+            break
+    if not cands:
+        raise HeadkitError(
+            f"{type(inner).__name__} has no child module with parameters to read; pass layers=[...]"
+        )
+    return [n for n, _ in cands]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What `load_checkpoint` did.
+
+    Attributes:
+        source: the file, or ``"<state_dict>"`` for a mapping.
+        prefix: the key prefix under which the checkpoint holds the model (``""``,
+            ``"module."``, ``"state_dict.backbone."``, ...), stripped before loading.
+        loaded: number of tensors loaded.
+        missing: model keys the checkpoint lacks (only with ``strict=False``).
+        unexpected: checkpoint keys under ``prefix`` the model lacks (only with ``strict=False``).
+        skipped: checkpoint keys deliberately left out: those outside ``prefix`` (a projection
+            head, an optimizer) and those of the part a `truncate_at` cut removed.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from headkit import load_checkpoint
+        >>> report = load_checkpoint(nn.Linear(2, 3), {"module.weight": torch.zeros(3, 2), "module.bias": torch.zeros(3)})
+        >>> print(report)
+        loaded 2 tensors from <state_dict> (prefix 'module.' stripped)
+    """
+
+    source: str
+    prefix: str
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        out = f"loaded {self.loaded} tensors from {self.source}"
+        if self.prefix:
+            out += f" (prefix {self.prefix!r} stripped)"
+        if self.missing:
+            out += f"; {len(self.missing)} missing: {_few(self.missing)}"
+        if self.unexpected:
+            out += f"; {len(self.unexpected)} unexpected: {_few(self.unexpected)}"
+        if self.skipped:
+            out += f"; {len(self.skipped)} skipped: {_few(self.skipped)}"
+        return out
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+_CKPT_HINT = "save model.state_dict() with torch.save and pass that file"
+
+
+def _read(path: str) -> Any:
+    """Load a checkpoint file safely (weights only); one clear error per kind of bad file."""
+    if not os.path.exists(path):
+        raise HeadkitError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise HeadkitError(
+            f"checkpoint {path!r} is a folder; pass the weights file in it (.pt, .pth, .ckpt, "
+            ".bin, .safetensors)"
+        )
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise HeadkitError(
+                f"checkpoint {path!r} is a safetensors file: pip install safetensors"
+            ) from err
+        try:
+            return load_file(path)
+        except Exception as err:
+            raise HeadkitError(
+                f"cannot read checkpoint {path!r}: not a valid safetensors file ({_first_line(err)})"
+            ) from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = str(err)
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+        if m:
+            cls = m.group(1)
+            what = "a whole pickled model" if _is_module_class(cls) else "a pickled Python object"
+            raise HeadkitError(
+                f"not a state_dict: checkpoint {path!r} holds {what} ({cls}); {_CKPT_HINT}"
+            ) from None
+        kind = "an empty file" if os.path.getsize(path) == 0 else _sniff(path)
+        raise HeadkitError(
+            f"cannot read checkpoint {path!r}: {kind}, not a PyTorch checkpoint; {_CKPT_HINT}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+
+
+def _sniff(path: str) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if zipfile.is_zipfile(path):
+        return "a zip archive that torch.load cannot read"
+    for magic, kind in (
+        (b"\x89PNG", "a PNG image"),
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"PK", "a zip archive"),
+        (b"\x93NUMPY", "a NumPy .npy file"),
+        (b"{", "a text / JSON file"),
+    ):
+        if head.startswith(magic):
+            return kind
+    return "unreadable data"
+
+
+def _is_module_class(qualname: str) -> bool:
+    mod, _, name = qualname.rpartition(".")
+    import sys
+
+    obj = getattr(sys.modules.get(mod), name, None)
+    if isinstance(obj, type):
+        return issubclass(obj, nn.Module)
+    return mod.startswith(("torch.nn", "torchvision.models", "timm.", "transformers.", "open_clip"))
+
+
+def _flatten(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, Tensor]:
+    """Every tensor of a (nested) checkpoint dict, keyed by its dotted path."""
+    out: dict[str, Tensor] = {}
+    if isinstance(obj, Tensor):
+        out[prefix[:-1]] = obj
+    elif isinstance(obj, Mapping) and depth < 6:
+        for k, v in obj.items():
+            if isinstance(k, str):
+                out.update(_flatten(v, f"{prefix}{k}.", depth + 1))
+    return out
+
+
+def _prefixes(
+    ckpt: Mapping[str, Tensor], own: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, int]]:
+    """``{prefix: (checkpoint keys that are prefix + a model key, those of the same shape)}``."""
+    hits: dict[str, tuple[int, int]] = {}
+
+    def hit(p: str, shape_ok: bool) -> None:
+        n, m = hits.get(p, (0, 0))
+        hits[p] = (n + 1, m + int(shape_ok))
+
+    for k, v in ckpt.items():
+        ck = canonical_name(k)
+        shape = tuple(v.shape)
+        if ck in own:
+            hit("", own[ck] == shape)
+        i = ck.find(".")
+        while i >= 0:
+            rest = ck[i + 1 :]
+            if rest in own:
+                hit(ck[: i + 1], own[rest] == shape)
+            i = ck.find(".", i + 1)
+    return hits
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    strict: bool = True,
+    prefix: str | None = None,
+) -> LoadReport:
+    """Load a state_dict, lightly, Lightning, DINO-style or DDP checkpoint into ``model``.
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (or safetensors); nested
+    dicts are searched (Lightning's ``state_dict``, ``model``, ``teacher``, ...), and the key
+    prefix under which the checkpoint holds the model (``module.``, ``backbone.``,
+    ``state_dict.model.backbone.``, ...) is found by matching keys and stripped. Keys outside
+    that prefix (a projection head, an optimizer) are skipped and reported.
+
+    Strict by default: any missing or unexpected key raises, listing both. A shape mismatch
+    always raises. With ``strict=False`` the matching tensors are loaded and the report lists
+    what was left out. For a `truncate_at` cut, the keys of the removed part are skipped on
+    purpose and reported.
+
+    Args:
+        model: the model to load into (compile / DDP / DataParallel / FSDP wrappers unwrapped).
+        checkpoint: a path (``str`` / ``os.PathLike``) or a mapping of tensors.
+        strict: raise on missing or unexpected keys (default), or load what matches.
+        prefix: the key prefix to use, when the checkpoint holds several candidates (e.g. a
+            DINO checkpoint's ``"teacher.backbone."`` and ``"student.backbone."``).
+
+    Returns:
+        `LoadReport` (``str(report)`` is a one-line summary).
+
+    Raises:
+        HeadkitError: one line naming the file and what to do, for a missing or unreadable
+            file, a whole pickled model (``torch.save(model)``), no matching keys, several
+            equally good prefixes, missing / unexpected keys (strict) or a shape mismatch.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from headkit import load_checkpoint
+        >>> src = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> ckpt = {"state_dict": {f"backbone.{k}": v for k, v in src.state_dict().items()}}
+        >>> dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> print(load_checkpoint(dst, ckpt))
+        loaded 4 tensors from <state_dict> (prefix 'state_dict.backbone.' stripped)
+        >>> torch.equal(dst[0].weight, src[0].weight)
+        True
+    """
+    inner = unwrap(check_module(model, "load_checkpoint"))
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = os.fspath(checkpoint)
+        raw = _read(source)
+    elif isinstance(checkpoint, Mapping):
+        source, raw = "<state_dict>", checkpoint
+    else:
+        raise HeadkitError(
+            f"load_checkpoint needs a path or a state_dict (a mapping of tensors), got "
+            f"{type(checkpoint).__name__}"
+        )
+    if isinstance(raw, nn.Module):
+        raise HeadkitError(f"not a state_dict: {source} is a whole model; {_CKPT_HINT}")
+    if not isinstance(raw, Mapping):
+        raise HeadkitError(
+            f"not a state_dict: {source} holds a {type(raw).__name__}, not a dict of tensors; "
+            f"{_CKPT_HINT}"
+        )
+    flat = _flatten(raw)
+    if not flat:
+        what = type(raw).__name__
+        raise HeadkitError(
+            f"not a state_dict: {source} holds a {what} without tensors; {_CKPT_HINT}"
+        )
+    own_sd = inner.state_dict()
+    own = {canonical_name(k): k for k in own_sd}
+    hits = _prefixes(flat, {k: tuple(own_sd[v].shape) for k, v in own.items()})
+    if prefix is not None:
+        if prefix not in hits:
+            best = sorted(hits, key=lambda p: hits[p], reverse=True)[:4]
+            raise HeadkitError(
+                f"{source}: no key under prefix {prefix!r} matches {type(inner).__name__}; "
+                f"prefixes that match: {best}"
+            )
+        chosen = prefix
+    else:
+        if not hits:
+            raise HeadkitError(
+                f"the keys of {source} do not match {type(inner).__name__}: checkpoint keys look "
+                f"like {list(flat)[:4]}, the model's like {list(own_sd)[:4]}"
+            )
+        top = max(hits.values())
+        best = [p for p, n in hits.items() if n == top]
+        if len(best) > 1:
+            raise HeadkitError(
+                f"{source} holds {type(inner).__name__} {len(best)} times, under "
+                f"{sorted(best)}; pass prefix= to choose, e.g. prefix={sorted(best)[0]!r}"
+            )
+        chosen = best[0]
+    sd: dict[str, Tensor] = {}
+    skipped: list[str] = []
+    for k, v in flat.items():
+        ck = canonical_name(k)
+        if ck.startswith(chosen):
+            sd[ck[len(chosen) :]] = v
+        else:
+            skipped.append(k)
+    dropped = set(getattr(inner, "headkit_dropped_keys", ()))
+    unexpected = sorted(k for k in sd if k not in own and k not in dropped)
+    cut_skipped = sorted(k for k in sd if k not in own and k in dropped)
+    missing = [
+        own[k]
+        for k in own
+        if k not in sd
+        and not (k.endswith("num_batches_tracked") and k.rsplit(".", 1)[0] + ".running_mean" in sd)
+    ]
+    bad_shape = [
+        f"{k}: checkpoint {tuple(sd[k].shape)}, model {tuple(own_sd[own[k]].shape)}"
+        for k in sd
+        if k in own and tuple(sd[k].shape) != tuple(own_sd[own[k]].shape)
+    ]
+    where = f"{source}" + (f" (prefix {chosen!r})" if chosen else "")
+    if bad_shape:
+        raise HeadkitError(
+            f"checkpoint {where} does not fit {type(inner).__name__}: {len(bad_shape)} shape "
+            f"mismatches, e.g. {'; '.join(bad_shape[:3])}"
+        )
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model keys missing from it ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+        hint = _classifier_hint(inner, missing)
+        raise HeadkitError(
+            f"checkpoint {where} does not match {type(inner).__name__}: {'; '.join(parts)}; "
+            f"{hint}pass strict=False to load the {len(sd) - len(unexpected) - len(cut_skipped)} "
+            "matching tensors and get the list of what was left out"
+        )
+    load = {own[k]: v for k, v in sd.items() if k in own}
+    result = inner.load_state_dict(load, strict=False)
+    still = [k for k in result.missing_keys if k in load]
+    if still:
+        raise HeadkitError(f"{type(inner).__name__} did not take keys {_few(still)} from {where}")
+    return LoadReport(
+        source=source,
+        prefix=chosen,
+        loaded=len(load),
+        missing=missing,
+        unexpected=unexpected,
+        skipped=skipped + cut_skipped,
+    )
+
+
+def _classifier_hint(model: nn.Module, missing: list[str]) -> str:
+    if not missing:
+        return ""
+    heads = {n.split(".")[0] for n in missing}
+    if heads <= {"fc", "head", "heads", "classifier", "last_linear", "pooler"}:
+        return (
+            f"the missing keys are all in the classifier {sorted(heads)} (an SSL backbone "
+            "checkpoint has none: build the model without it, e.g. num_classes=0, or "
+        )
+    return ""

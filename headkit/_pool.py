@@ -34,19 +34,11 @@ def needs_prefix(pool: Pool) -> bool:
     return pool in ("cls", "cls+mean")
 
 
-def num_prefix_tokens(model: nn.Module) -> int:
-    """Number of prefix (class / register / distillation) tokens of a token model."""
-    n = getattr(model, "num_prefix_tokens", None)
-    if isinstance(n, int):
-        return n
-    count = 0
-    for attr in ("cls_token", "class_token", "dist_token"):
-        if isinstance(getattr(model, attr, None), Tensor):
-            count += 1
-    reg = getattr(model, "reg_token", None) or getattr(model, "register_tokens", None)
-    if isinstance(reg, Tensor) and reg.dim() >= 2:
-        count += int(reg.shape[-2])
-    return count
+def num_prefix_tokens(model: nn.Module) -> int | None:
+    """Number of prefix tokens of a token model (see `headkit._model.num_prefix_tokens`)."""
+    from ._model import num_prefix_tokens as count
+
+    return count(model)
 
 
 def _spatial_mean(t: Tensor) -> Tensor:
@@ -57,7 +49,7 @@ def _spatial_mean(t: Tensor) -> Tensor:
     return out
 
 
-def apply_pool(out: Any, pool: Pool, npt: int, key: object) -> Any:
+def apply_pool(out: Any, pool: Pool, npt: int | None, key: object) -> Any:
     """Pool one tapped output.
 
     ``out`` is a tensor (``(B, C, H, W)`` maps, ``(B, T, C)`` tokens, ``(B, C)`` vectors) or, for
@@ -111,11 +103,17 @@ def _cls(out: Any, pair: bool, key: object, pool: str) -> Tensor:
     return t[:, 0]
 
 
-def _patch_mean(out: Any, pair: bool, npt: int, key: object, pool: str) -> Tensor:
+def _patch_mean(out: Any, pair: bool, npt: int | None, key: object, pool: str) -> Tensor:
     t: Tensor = out[0] if pair else out
     if pair or t.dim() == 4:
         return _spatial_mean(t)
     if t.dim() == 3:
+        if npt is None:
+            raise HeadkitError(
+                f"pool={pool!r}: cannot tell how many prefix (class / register) tokens the "
+                f"output of layer {key!r} {fmt_shape(t.shape)} starts with; pass "
+                "num_prefix_tokens= (0 if there are none)"
+            )
         if t.shape[1] <= npt:
             raise HeadkitError(
                 f"pool={pool!r}: layer {key!r} has {t.shape[1]} tokens, all of them prefix tokens"

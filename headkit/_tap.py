@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ._errors import HeadkitError, fmt_shape
-from ._model import LayerSpec, is_compiled, resolve, unwrap
+from ._model import LayerSpec, check_module, is_compiled, resolve, unwrap
 from ._pool import Pool, apply_pool, check_pool, needs_prefix
 from ._pool import num_prefix_tokens as count_prefix_tokens
 
@@ -129,8 +129,7 @@ class LayerTap:
         stop_early: bool = True,
         num_prefix_tokens: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise HeadkitError(f"LayerTap needs an nn.Module, got {type(model).__name__}")
+        model = check_module(model, "LayerTap")
         specs: list[LayerSpec] = [layers] if isinstance(layers, (int, str)) else list(layers)
         if not specs:
             raise HeadkitError("LayerTap needs at least one layer spec, got an empty list")
@@ -597,7 +596,7 @@ def feature_info(
         >>> feature_info(net, ["0", "2"], (5, 8))["2"].shape
         (5, 4)
     """
-    tap = LayerTap(model, layers, pool=pool)
+    tap = LayerTap(check_module(model, "feature_info"), layers, pool=pool)
     try:
         return tap.describe(input_shape, dtype)
     finally:

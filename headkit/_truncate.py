@@ -13,7 +13,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from ._errors import HeadkitError
-from ._model import LayerSpec, resolve, unwrap
+from ._model import LayerSpec, check_module, resolve, unwrap
 from ._pool import Pool, apply_pool, check_pool, needs_prefix, num_prefix_tokens
 from ._tap import copy_module_tree
 
@@ -33,7 +33,7 @@ def _stop_hook(module: nn.Module, args: Any, out: Any) -> None:
 class _PoolModule(nn.Module):
     """Parameter-free pooling step appended to a truncated model."""
 
-    def __init__(self, pool: Pool, npt: int, key: LayerSpec) -> None:
+    def __init__(self, pool: Pool, npt: int | None, key: LayerSpec) -> None:
         super().__init__()
         self.pool = pool
         self.npt = npt
@@ -48,7 +48,7 @@ class _TimmTruncated(nn.Module):
 
     _hk_index: int
     _hk_pool: Pool
-    _hk_npt: int
+    _hk_npt: int | None
     _hk_opts: dict[str, Any]
 
     def forward(self, x: Tensor) -> Any:
@@ -60,7 +60,7 @@ class _HookTruncated(nn.Module):
     """Mixin for models that cannot be traced: run the forward, stop at the cut."""
 
     _hk_pool: Pool
-    _hk_npt: int
+    _hk_npt: int | None
     _hk_key: LayerSpec
     _hk_base: type[nn.Module]
 
@@ -323,7 +323,7 @@ def truncate_at(model: nn.Module, layer: LayerSpec, *, pool: Pool = None) -> nn.
         >>> sum(p.numel() for p in cut.parameters())
         144
     """
-    inner = unwrap(model)
+    inner = unwrap(check_module(model, "truncate_at"))
     pool = check_pool(pool)
     targets = resolve(inner, layer)
     if len(targets) != 1:

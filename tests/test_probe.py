@@ -220,7 +220,11 @@ def test_layer_sweep_report(tmp_path: os.PathLike[str]) -> None:
         progress=False,
     )
     assert report.layers == ["backbone.0", "backbone", "head.1", "head"]
-    assert set(report.metrics) == {"linear", "knn", "rankme", "spectrum"}
+    assert set(report.metrics) == {"linear", "knn", "rankme", "unevenness"}
+    assert report.metrics["spectrum"] == report.metrics["unevenness"]  # 0.1's name still reads
+    assert report.info["n_train"] == 256 and report.info["n_test"] == 128
+    assert set(report.intervals("linear")) == set(report.layers)
+    assert report.tied_with_best("knn")[0] == report.best_layer("knn")
     assert report.best_layer("linear") in report.layers
     assert report.results("knn")["backbone.0"] > 0.9  # the label is linear in the input
     text = report.table()

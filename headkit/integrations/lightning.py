@@ -15,8 +15,8 @@ from torch import nn
 from .._errors import HeadkitError
 from .._model import LayerSpec
 from .._pool import Pool
-from .._probe import OnlineLayerProbe
 from .._tap import LayerTap
+from ..probe import OnlineLayerProbe
 
 try:
     import lightning.pytorch as pl
@@ -36,9 +36,12 @@ class LayerProbeCallback(pl.Callback):  # type: ignore[misc]
 
     A `LayerTap` records the chosen layers (detached) during each training forward; after each
     training batch the probes take one optimiser step on those features and the batch labels
-    (``batch[1]``), and ``probe/<layer>`` accuracies are logged each epoch. The encoder never
-    receives a gradient from the probes. Under DDP the probe gradients are averaged over ranks
-    and the accuracies summed over ranks.
+    (``batch[1]``, or a dict batch's ``labels``/``label``/``y``), and ``probe/<layer>``
+    accuracies are logged each epoch. The encoder never receives a gradient from the probes.
+    Under DDP every rank starts from rank 0's probes, the probe gradients are averaged over
+    ranks (one all-reduce per step) and the accuracy counts, kept out of DDP's buffer broadcast,
+    are summed over ranks at the end of each epoch, so the logged accuracy is that of all ranks'
+    samples. Nothing synchronises with the host per step.
 
     Args:
         layers: layer specs of ``pl_module`` (or of ``pl_module.<module_attr>``), module names.
@@ -91,35 +94,58 @@ class LayerProbeCallback(pl.Callback):  # type: ignore[misc]
     ) -> None:
         assert self.tap is not None
         labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if isinstance(batch, dict):
+            labels = next((batch[k] for k in ("labels", "label", "y") if k in batch), None)
         if not isinstance(labels, torch.Tensor):
-            raise HeadkitError("LayerProbeCallback needs (inputs, labels) batches")
+            raise HeadkitError(
+                "LayerProbeCallback needs (inputs, labels) batches or dict batches with a "
+                "'labels'/'label'/'y' key"
+            )
         feats = {k: self.tap.outputs[k] for k in self.tap.keys}
         if self.probe is None:
-            dims = {
-                k: int(
-                    v.reshape(v.shape[0], -1).shape[1]
-                    if v.dim() == 2
-                    else v.shape[1]
-                    if v.dim() == 4
-                    else v.shape[-1]
-                )
-                for k, v in feats.items()
-            }
-            self.probe = OnlineLayerProbe(dims, self.num_classes).to(labels.device)
-            self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.lr)
-        assert self.optimizer is not None
+            self._build(feats, labels.device)
+        assert self.probe is not None and self.optimizer is not None
         with torch.enable_grad():
             loss = self.probe(feats, labels.to(next(self.probe.parameters()).device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        if dist.is_available() and dist.is_initialized():
-            world = dist.get_world_size()
-            for p in self.probe.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # one all-reduce of every probe gradient, flattened: the probes stay identical
+            grads = [p.grad for p in self.probe.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
         self.optimizer.step()
         self.tap.clear()
+
+    def _build(self, feats: dict[LayerSpec, Any], device: torch.device) -> None:
+        dims = {
+            k: int(
+                v.shape[1]
+                if v.dim() == 4
+                else v.shape[-1]
+                if v.dim() == 3
+                else v.reshape(v.shape[0], -1).shape[1]
+            )
+            for k, v in feats.items()
+        }
+        self.probe = OnlineLayerProbe(dims, self.num_classes).to(device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank starts from rank 0's probes (each rank's random init differs)
+            comm = (
+                torch.device("cuda", torch.cuda.current_device())
+                if dist.get_backend() == "nccl"
+                else torch.device("cpu")
+            )
+            for p in self.probe.parameters():
+                buf = p.data.to(comm)
+                dist.broadcast(buf, src=0)
+                p.data.copy_(buf.to(p.device))
+        self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.lr)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.probe is None:

@@ -1,0 +1,59 @@
+"""Layer sweeps: which layer should I use?
+
+Per-layer linear probes and kNN with labels (with paired-bootstrap intervals and ties), label-free
+measures of each layer (RankMe, the paper's spectrum unevenness, alpha-ReQ, NESum, LiDAR), a
+layer recommendation without labelled data, reports and figures, and online probes.
+
+The package, one module per concern: ``_extract`` (features from a model, distributed
+gathering, stores), ``_rows`` (features read in batches, from memory or disk), ``_linear``
+(batched linear probes), ``_metrics`` (kNN and the label-free measures), ``_registry`` (the
+metric registry), ``_stats`` (paired bootstrap), ``_report`` (`SweepReport`), ``_plot``
+(figures), ``_sweep`` (`layer_sweep`), ``_choose`` (`recommend_layer`), ``_views`` (multi-view
+batches for LiDAR), ``_online`` (`OnlineLayerProbe`), ``_dist`` (torch.distributed helpers).
+"""
+
+from __future__ import annotations
+
+from ._choose import RULES, LayerChoice, choose_layer, recommend_layer
+from ._extract import Features, extract_features
+from ._linear import ProbeResult, linear_probe
+from ._metrics import (
+    Spectrum,
+    alpha_req,
+    feature_spectrum,
+    knn_accuracy,
+    lidar,
+    nesum,
+    rankme,
+    unevenness,
+)
+from ._online import OnlineLayerProbe
+from ._plot import plot_reports
+from ._registry import METRICS, Metric
+from ._report import SweepReport
+from ._sweep import layer_sweep
+
+__all__ = [
+    "METRICS",
+    "RULES",
+    "Features",
+    "LayerChoice",
+    "Metric",
+    "OnlineLayerProbe",
+    "ProbeResult",
+    "Spectrum",
+    "SweepReport",
+    "alpha_req",
+    "choose_layer",
+    "extract_features",
+    "feature_spectrum",
+    "knn_accuracy",
+    "layer_sweep",
+    "lidar",
+    "linear_probe",
+    "nesum",
+    "plot_reports",
+    "rankme",
+    "recommend_layer",
+    "unevenness",
+]

@@ -1,0 +1,437 @@
+"""Linear probes: every layer and every (lr, weight decay) setting trained at once, streaming."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._errors import HeadkitError
+from .._model import LayerSpec
+from ._metrics import check_finite_rows, check_xy, encode_labels
+from ._rows import Rows
+
+__all__ = ["ProbeResult", "fit_linear", "linear_probe"]
+
+FeatureDict = Mapping[LayerSpec, Tensor]
+
+
+class ProbeResult(dict[LayerSpec, float]):
+    """Top-1 test accuracy per layer (a dict), with the chosen settings and per-sample results.
+
+    Attributes:
+        settings: ``{layer: {"lr": ..., "weight_decay": ...}}`` chosen on the held-out split.
+        val_accuracy: ``{layer: accuracy on the held-out split with the chosen setting}``.
+        predictions: ``{layer: (M,) predicted labels of the test samples}`` (CPU).
+        correct: ``{layer: (M,) bool, whether each test sample was classified right}`` (CPU);
+            the bootstrap intervals of `layer_sweep` resample these.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import linear_probe
+        >>> x = torch.randn(100, 4); y = (x[:, 0] > 0).long()
+        >>> res = linear_probe({"a": x[:80]}, y[:80], {"a": x[80:]}, y[80:], epochs=5)
+        >>> sorted(res.settings["a"]), res.correct["a"].shape
+        (['lr', 'weight_decay'], torch.Size([20]))
+    """
+
+    settings: dict[LayerSpec, dict[str, float]]
+    val_accuracy: dict[LayerSpec, float]
+    predictions: dict[LayerSpec, Tensor]
+    correct: dict[LayerSpec, Tensor]
+
+
+@dataclass
+class _Stats:
+    mean: Tensor  # (D,) float32 on the probe device
+    std: Tensor
+
+
+def _stats(rows: Rows, dev: torch.device) -> _Stats:
+    """Mean and (unbiased) standard deviation per feature, streamed in float64."""
+    shift: Tensor | None = None
+    s1 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
+    s2 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
+    for block in rows.chunks(1 << 14):
+        b = block.to(dev, torch.float64)
+        if shift is None:
+            shift = b[0].clone()
+        b = b - shift
+        s1 += b.sum(0)
+        s2 += b.square().sum(0)
+    assert shift is not None
+    n = rows.n
+    mean = s1 / n
+    var = (s2 - n * mean.square()) / max(1, n - 1)
+    std = var.clamp_min(0).sqrt().clamp_min(1e-6)
+    return _Stats((shift + mean).float(), std.float())
+
+
+@dataclass
+class _Group:
+    members: list[int]
+    d: int
+    w: Tensor  # (G, D, P*C) views into the flat parameters
+    b: Tensor  # (G, 1, P*C)
+    gw: Tensor
+    gb: Tensor
+    mean: Tensor  # (G, 1, D)
+    std: Tensor
+
+
+def _train(
+    rows: list[Rows],
+    y: Tensor,
+    stats: list[_Stats],
+    num_classes: int,
+    lrs: Tensor,
+    wds: Tensor,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    dev: torch.device,
+) -> list[tuple[Tensor, Tensor]]:
+    """Train ``P`` softmax probes on each of ``L`` layers at once.
+
+    Layers of equal width share one batched matmul per step; no layer is padded to another's
+    width. All parameters live in one flat buffer, so one Adam update serves every probe.
+    ``lrs`` and ``wds`` are ``(L, P)``. Reads one batch of rows per layer per step, so memory is
+    a batch plus the probes. Returns ``[(W (D, P, C), b (P, C))]`` per layer.
+    """
+    n_layers, p = lrs.shape
+    c = num_classes
+    pc = p * c
+    by_width: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_width.setdefault(r.d, []).append(i)
+    sizes = [len(m) * (d + 1) * pc for d, m in by_width.items()]
+    total = sum(sizes)
+    theta = torch.zeros(total, device=dev)
+    grad = torch.zeros_like(theta)
+    m1 = torch.zeros_like(theta)
+    m2 = torch.zeros_like(theta)
+    lr_flat = torch.empty_like(theta)
+    wd_flat = torch.empty_like(theta)
+    groups: list[_Group] = []
+    off = 0
+    for d, members in by_width.items():
+        g = len(members)
+        nw = g * d * pc
+        lr_g = lrs.to(dev)[members].repeat_interleave(c, dim=1).view(g, 1, pc)
+        wd_g = wds.to(dev)[members].repeat_interleave(c, dim=1).view(g, 1, pc)
+        lr_flat[off : off + nw].view(g, d, pc).copy_(lr_g.expand(g, d, pc))
+        wd_flat[off : off + nw].view(g, d, pc).copy_(wd_g.expand(g, d, pc))
+        lr_flat[off + nw : off + nw + g * pc].view(g, 1, pc).copy_(lr_g)
+        wd_flat[off + nw : off + nw + g * pc].zero_()  # no decay on the biases
+        groups.append(
+            _Group(
+                members,
+                d,
+                theta[off : off + nw].view(g, d, pc),
+                theta[off + nw : off + nw + g * pc].view(g, 1, pc),
+                grad[off : off + nw].view(g, d, pc),
+                grad[off + nw : off + nw + g * pc].view(g, 1, pc),
+                torch.stack([stats[i].mean for i in members]).view(g, 1, d),
+                torch.stack([stats[i].std for i in members]).view(g, 1, d),
+            )
+        )
+        off += nw + g * pc
+    n = int(y.shape[0])
+    y_dev = y.to(dev)
+    onehot = torch.eye(c, device=dev)
+    gen = torch.Generator().manual_seed(seed)
+    sort_idx = any(r.on_disk for r in rows)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = max(1, epochs * steps_per_epoch)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    buffers: dict[tuple[int, int], Tensor] = {}
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size : (s + 1) * batch_size]
+            if sort_idx:
+                idx = idx.sort().values  # the order within a batch does not matter
+            b = int(idx.numel())
+            target = onehot[y_dev[idx.to(dev)]].view(1, b, 1, c)
+            for gi, grp in enumerate(groups):
+                xb = buffers.get((gi, b))
+                if xb is None:
+                    xb = buffers[(gi, b)] = torch.empty(len(grp.members), b, grp.d, device=dev)
+                for j, li in enumerate(grp.members):
+                    r = rows[li]
+                    if r.device == dev:
+                        r.take(idx, out=xb[j])
+                    else:
+                        xb[j].copy_(r.take(idx))
+                xb.sub_(grp.mean).div_(grp.std)
+                logits = torch.baddbmm(grp.b, xb, grp.w).view(len(grp.members), b, p, c)
+                prob = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+                prob.div_(prob.sum(-1, keepdim=True)).sub_(target)
+                gl = prob.view(len(grp.members), b, pc).div_(b)
+                torch.bmm(xb.transpose(1, 2), gl, out=grp.gw)
+                torch.sum(gl, 1, keepdim=True, out=grp.gb)
+            grad.addcmul_(wd_flat, theta)
+            step += 1
+            scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / total_steps))
+            bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+            m1.mul_(beta1).add_(grad, alpha=1 - beta1)
+            m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = m2.sqrt().div_(math.sqrt(bc2)).add_(eps)
+            theta.addcdiv_(m1 * lr_flat, denom, value=-scale / bc1)
+    for r in rows:
+        r.release()
+    out: dict[int, tuple[Tensor, Tensor]] = {}
+    for grp in groups:
+        for j, li in enumerate(grp.members):
+            out[li] = (grp.w[j].view(grp.d, p, c).clone(), grp.b[j].view(p, c).clone())
+    return [out[i] for i in range(n_layers)]
+
+
+def _predict(
+    rows: Rows,
+    params: tuple[Tensor, Tensor],
+    stats: _Stats,
+    dev: torch.device,
+    y: Tensor | None = None,
+    chunk: int = 8192,
+) -> tuple[Tensor, Tensor | None]:
+    """Predicted classes ``(M, P)`` and, given class indices, the summed cross-entropy ``(P,)``."""
+    w, b = params
+    d, p, c = w.shape
+    w2 = w.reshape(d, p * c)
+    preds = []
+    loss = torch.zeros(p, device=dev, dtype=torch.float64) if y is not None else None
+    for s, block in zip(range(0, rows.n, chunk), rows.chunks(chunk), strict=True):
+        x = (block.to(dev) - stats.mean) / stats.std
+        logits = torch.addmm(b.reshape(1, -1), x, w2).view(-1, p, c)
+        preds.append(logits.argmax(-1))
+        if y is not None and loss is not None:
+            yy = y[s : s + x.shape[0]].to(dev)
+            lp = logits.log_softmax(-1).gather(2, yy.view(-1, 1, 1).expand(-1, p, 1))[..., 0]
+            loss -= lp.double().sum(0)
+    return torch.cat(preds), loss
+
+
+def fit_linear(
+    train: Mapping[LayerSpec, Rows],
+    train_labels: Tensor,
+    test: Mapping[LayerSpec, Rows],
+    test_labels: Tensor,
+    *,
+    lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
+    epochs: int = 100,
+    batch_size: int = 256,
+    val_fraction: float = 0.2,
+    refit: bool = True,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> ProbeResult:
+    """`linear_probe` on `Rows` (features in memory or on disk)."""
+    keys = list(train)
+    if keys != list(test):
+        raise HeadkitError(
+            f"train and test features must have the same layers, got {keys} and {list(test)}"
+        )
+    if not keys:
+        raise HeadkitError("linear_probe needs at least one layer")
+    for k in keys:
+        if train[k].n != train_labels.shape[0]:
+            raise HeadkitError(
+                f"train features of layer {k!r} have {train[k].n} rows but there are "
+                f"{train_labels.shape[0]} labels"
+            )
+        if test[k].n != test_labels.shape[0]:
+            raise HeadkitError(
+                f"test features of layer {k!r} have {test[k].n} rows but there are "
+                f"{test_labels.shape[0]} labels"
+            )
+        if train[k].d != test[k].d:
+            raise HeadkitError(
+                f"layer {k!r}: train features have D={train[k].d}, test features D={test[k].d}"
+            )
+        if train[k].n == 0 or test[k].n == 0:
+            raise HeadkitError(f"the features of layer {k!r} are empty")
+        check_finite_rows(train[k], k, "train")
+        check_finite_rows(test[k], k, "test")
+    if not 0 < val_fraction < 1:
+        raise HeadkitError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not lrs or not weight_decays:
+        raise HeadkitError("lrs and weight_decays must be non-empty")
+    if isinstance(epochs, bool) or epochs < 1 or batch_size < 1:
+        raise HeadkitError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    dev = torch.device(device) if device is not None else next(iter(train.values())).device
+    classes, ytr, (yte,) = encode_labels(train_labels.cpu(), test_labels.cpu())
+    c = classes.numel()
+    if c < 2:
+        raise HeadkitError(
+            f"linear_probe needs at least 2 classes in the training labels, got {classes.tolist()}"
+        )
+    grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
+    lr_t = torch.tensor([g[0] for g in grid], dtype=torch.float32)
+    wd_t = torch.tensor([g[1] for g in grid], dtype=torch.float32)
+    n = int(ytr.shape[0])
+    n_layers = len(keys)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if fit_idx.numel() == 0:
+        raise HeadkitError(f"too few training samples ({n}) for a held-out split")
+    fit_rows = [train[k].select(fit_idx) for k in keys]
+    val_rows = [train[k].select(val_idx) for k in keys]
+    fit_stats = [_stats(r, dev) for r in fit_rows]
+    params = _train(
+        fit_rows,
+        ytr[fit_idx],
+        fit_stats,
+        c,
+        lr_t.expand(n_layers, -1),
+        wd_t.expand(n_layers, -1),
+        epochs,
+        batch_size,
+        seed,
+        dev,
+    )
+    yval = ytr[val_idx].to(dev)
+    val_acc_rows, val_loss_rows = [], []
+    for i in range(n_layers):
+        pred, loss = _predict(val_rows[i], params[i], fit_stats[i], dev, ytr[val_idx])
+        assert loss is not None
+        val_acc_rows.append((pred == yval.view(-1, 1)).double().mean(0))
+        val_loss_rows.append(loss / n_val)
+    val_acc = torch.stack(val_acc_rows)  # (L, P)
+    val_loss = torch.stack(val_loss_rows)
+    # best held-out accuracy; among settings within one sample of it, the lowest held-out loss
+    near = val_acc >= val_acc.max(1, keepdim=True).values - 1.0 / n_val - 1e-9
+    best = torch.where(near, val_loss, torch.full_like(val_loss, math.inf)).argmin(1).cpu()
+    if refit:
+        full_stats = [_stats(train[k], dev) for k in keys]
+        chosen = _train(
+            [train[k] for k in keys],
+            ytr,
+            full_stats,
+            c,
+            lr_t[best].view(-1, 1),
+            wd_t[best].view(-1, 1),
+            epochs,
+            batch_size,
+            seed,
+            dev,
+        )
+        preds = [
+            _predict(test[k], chosen[i], full_stats[i], dev)[0][:, 0] for i, k in enumerate(keys)
+        ]
+    else:
+        preds = []
+        for i, k in enumerate(keys):
+            pred = _predict(test[k], params[i], fit_stats[i], dev)[0]
+            preds.append(pred[:, int(best[i])])
+    yte_dev = yte.to(dev)
+    result = ProbeResult()
+    result.settings, result.val_accuracy, result.predictions, result.correct = {}, {}, {}, {}
+    for i, k in enumerate(keys):
+        ok = (preds[i] == yte_dev).cpu()
+        result[k] = float(ok.double().mean())
+        result.correct[k] = ok
+        result.predictions[k] = classes[preds[i].cpu()]
+        result.settings[k] = {"lr": grid[int(best[i])][0], "weight_decay": grid[int(best[i])][1]}
+        result.val_accuracy[k] = float(val_acc[i, int(best[i])])
+    return result
+
+
+def _as_dict(feats: FeatureDict | Tensor, name: str) -> dict[LayerSpec, Tensor]:
+    if isinstance(feats, Tensor):
+        return {"features": feats}
+    if not isinstance(feats, Mapping) or not feats:
+        raise HeadkitError(
+            f"{name} must be a non-empty dict layer -> (N, D) tensor, got {type(feats).__name__}"
+        )
+    return dict(feats)
+
+
+def linear_probe(
+    train_feats: FeatureDict | Tensor,
+    train_labels: Tensor,
+    test_feats: FeatureDict | Tensor,
+    test_labels: Tensor,
+    *,
+    lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
+    epochs: int = 100,
+    batch_size: int = 256,
+    val_fraction: float = 0.2,
+    refit: bool = True,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> ProbeResult:
+    """Linear-probe top-1 accuracy of every layer, all layers and settings trained at once.
+
+    Softmax-regression probes for every layer and every ``(lr, weight_decay)`` pair train
+    together: layers of the same width share one batched matrix multiply per step (no layer is
+    padded to the widest), and one Adam update (per-probe learning rates, cosine schedule)
+    serves all parameters. Features are standardised per layer with training statistics and
+    read one mini-batch at a time, so memory is a batch plus the probe weights: features
+    memory-mapped from a ``store`` folder stay on disk. The best setting per layer is chosen on
+    a held-out ``val_fraction`` of the training features (best accuracy; near-ties go to the
+    lowest held-out loss), then, with ``refit``, retrained on all training features and scored
+    on the test features.
+
+    Args:
+        train_feats: ``{layer: (N, D)}`` (or one ``(N, D)`` tensor, keyed ``"features"``).
+        train_labels: ``(N,)`` integer labels.
+        test_feats: ``{layer: (M, D)}`` with the same layers.
+        test_labels: ``(M,)`` integer labels (classes absent from training count as wrong).
+        lrs: learning rates to try.
+        weight_decays: L2 penalties (``wd / 2 * ||W||^2``) to try.
+        epochs: passes over the training features.
+        batch_size: mini-batch size.
+        val_fraction: share of the training features held out to choose the setting.
+        refit: retrain the chosen setting on all training features (all layers at once) before
+            testing; False scores the chosen probe as trained on the fit split (about 2x faster).
+        seed: seed of the split and the shuffling.
+        device: where to train (default: the device of the training features).
+
+    Returns:
+        `ProbeResult`: ``{layer: accuracy in [0, 1]}`` with ``.settings``, ``.val_accuracy``,
+        ``.predictions`` and ``.correct``.
+
+    Raises:
+        HeadkitError: mismatched counts, empty or non-finite features, one class only, layers
+            that differ between train and test.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import linear_probe
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(400, 5, generator=g); y = (x[:, 0] > 0).long()
+        >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:], epochs=50)
+        >>> acc["a"] > 0.9
+        True
+    """
+    tr = _as_dict(train_feats, "train_feats")
+    te = _as_dict(test_feats, "test_feats")
+    if list(tr) != list(te):
+        raise HeadkitError(
+            f"train and test features must have the same layers, got {list(tr)} and {list(te)}"
+        )
+    for k in tr:
+        check_xy(tr[k], train_labels, k, "train")
+        check_xy(te[k], test_labels, k, "test")
+    return fit_linear(
+        {k: Rows.of(v) for k, v in tr.items()},
+        train_labels,
+        {k: Rows.of(v) for k, v in te.items()},
+        test_labels,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        epochs=epochs,
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        refit=refit,
+        seed=seed,
+        device=device,
+    )

@@ -1,0 +1,89 @@
+"""Paired bootstrap over test samples: intervals per layer and ties with the best layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._errors import HeadkitError
+
+__all__ = ["Bootstrap", "paired_bootstrap", "tied_with"]
+
+
+@dataclass
+class Bootstrap:
+    """Bootstrap accuracies of several layers on the same resamples.
+
+    Attributes:
+        point: ``(L,)`` accuracies on the full test set.
+        samples: ``(B, L)`` accuracies on B resamples of the test set, the same resample for
+            every layer in a row (paired).
+    """
+
+    point: Tensor
+    samples: Tensor
+
+    def intervals(self, level: float = 0.95) -> Tensor:
+        """``(L, 2)`` percentile intervals, widened if needed to contain the point estimate."""
+        a = (1 - level) / 2
+        q = torch.quantile(
+            self.samples, torch.tensor([a, 1 - a], dtype=self.samples.dtype), dim=0
+        ).T
+        lo = torch.minimum(q[:, 0], self.point)
+        hi = torch.maximum(q[:, 1], self.point)
+        return torch.stack([lo, hi], 1)
+
+    def tied(self, keys: Tensor, level: float = 0.95) -> list[int]:
+        """Indices of the best layer (largest ``keys``) and of every layer not significantly worse.
+
+        A layer is tied with the best when the ``level`` percentile interval of the paired
+        difference (best minus it, resample by resample) contains 0.
+        """
+        return tied_with(keys, self.samples, level)
+
+
+def tied_with(keys: Tensor, samples: Tensor, level: float = 0.95) -> list[int]:
+    """Best of ``keys`` (L,) and the layers whose paired difference from it includes 0.
+
+    ``samples`` ``(B, L)`` holds the bootstrap values on the same "larger is better" scale.
+    """
+    best = int(torch.argmax(keys))
+    diff = samples[:, best : best + 1] - samples
+    a = (1 - level) / 2
+    lower = torch.quantile(diff, a, dim=0)
+    return [i for i in range(keys.numel()) if i == best or bool(lower[i] <= 0)]
+
+
+def paired_bootstrap(correct: Tensor, n_boot: int, seed: int = 0) -> Bootstrap:
+    """Resample the test samples ``n_boot`` times, the same resamples for every layer.
+
+    Exact and cheap: an accuracy only needs the per-sample correctness, so a resample is a
+    vector of multiplicities and all layers' accuracies are one matrix product.
+
+    Args:
+        correct: ``(L, M)`` bool (or 0/1) correctness of L layers on M test samples.
+        n_boot: number of resamples (>= 1).
+        seed: seed of the resampling.
+
+    Returns:
+        `Bootstrap` with ``point`` ``(L,)`` and ``samples`` ``(n_boot, L)`` (float64, CPU).
+    """
+    if correct.dim() != 2 or correct.shape[1] == 0:
+        raise HeadkitError(f"correctness must be (L, M) with M >= 1, got {tuple(correct.shape)}")
+    if isinstance(n_boot, bool) or n_boot < 1:
+        raise HeadkitError(f"n_boot must be >= 1, got {n_boot}")
+    c = correct.detach().to("cpu", torch.float64)
+    m = c.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    per = max(1, (1 << 22) // m)
+    ct = c.T.contiguous()
+    for s in range(0, n_boot, per):
+        b = min(per, n_boot - s)
+        idx = torch.randint(m, (b, m), generator=gen)
+        idx += torch.arange(b).view(-1, 1) * m
+        counts = torch.bincount(idx.view(-1), minlength=b * m).view(b, m).double()
+        out.append(counts @ ct / m)
+    return Bootstrap(c.mean(1), torch.cat(out))
