@@ -38,7 +38,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,7 +53,7 @@ import _paper as P
 
 import headkit.probe as hp
 
-EVAL_VERSION = "1"  # bump when the evaluation changes (invalidates cached evaluations)
+EVAL_VERSION = "2"  # bump when the evaluation changes (invalidates cached evaluations)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -63,78 +62,16 @@ HEADS = ["none", "mlp", "reweight"]  # reweight: kappa = 1.05, fixed
 GRID = ["digits", "fashion", "digit_on_fashion", "coarse_to_fine"]  # see _paper.SETTINGS
 
 
-# ----------------------------------------------------------------------------- the measures
+# ----------------------------------------------------------------------------- the rules
 
-
-def _eig(x: Tensor) -> Tensor:
-    """Eigenvalues of the covariance of the centred features, descending (float64)."""
-    x = x.double()
-    x = x - x.mean(0, keepdim=True)
-    return (torch.linalg.svdvals(x) ** 2 / max(1, x.shape[0] - 1)).clamp_min(0)
-
-
-def alpha_req(x: Tensor) -> float:
-    """alpha-ReQ (Agrawal et al. 2022): decay alpha of the eigenspectrum, lambda_i ~ i^-alpha,
-    fitted on log-log over the eigenvalues above 1e-8 of the largest; good near alpha = 1."""
-    ev = _eig(x)
-    ev = ev[ev > ev[0] * 1e-8]
-    if ev.numel() < 3:
-        return float("nan")
-    i = torch.arange(1, ev.numel() + 1, dtype=torch.float64)
-    a = torch.stack([i.log(), torch.ones_like(i)], 1)
-    sol = torch.linalg.lstsq(a, ev.log()[:, None]).solution
-    return float(-sol[0, 0])
-
-
-def nesum(x: Tensor) -> float:
-    """NESum (He and Ozay 2022): sum of the covariance eigenvalues over the largest."""
-    ev = _eig(x)
-    return float(ev.sum() / ev[0].clamp_min(1e-300))
-
-
-def lidar(views: Tensor, delta: float = 1e-4, eps: float = 1e-7) -> float:
-    """LiDAR (Thilak et al. 2023, arXiv 2312.04000): effective rank of the LDA matrix with each
-    sample's augmented views as one class. ``views``: (n, q, D)."""
-    v = views.double()
-    n, q, d = v.shape
-    mu = v.mean(1)  # (n, D)
-    g = mu.mean(0, keepdim=True)
-    sb = (mu - g).T @ (mu - g) / max(1, n - 1)
-    w = (v - mu[:, None]).reshape(n * q, d)
-    sw = w.T @ w / max(1, n * (q - 1)) + delta * torch.eye(d, dtype=v.dtype)
-    ew, uw = torch.linalg.eigh(sw)
-    inv_sqrt = uw @ torch.diag(ew.clamp_min(1e-12).rsqrt()) @ uw.T
-    lam = torch.linalg.eigvalsh(inv_sqrt @ sb @ inv_sqrt).clamp_min(0)
-    p = lam / lam.sum().clamp_min(1e-300) + eps
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-# name -> (function of the features, direction): "max", "min" or a target value
-LABEL_FREE: dict[str, tuple[Callable[[Tensor], float], str | float]] = {
-    "rankme": (hp.rankme, "max"),
-    "unevenness": (lambda x: hp.feature_spectrum(x).unevenness, "min"),
-    "alpha_req": (alpha_req, 1.0),
-    "nesum": (nesum, "max"),
-}
-
-
-def pick(scores: dict[str, float], direction: str | float) -> str:
-    """The layer a measure picks (the first in depth order on exact ties)."""
-    items = [(k, v) for k, v in scores.items() if math.isfinite(v)]
-    if not items:
-        return next(iter(scores))
-    if direction == "max":
-        return max(items, key=lambda kv: kv[1])[0]
-    if direction == "min":
-        return min(items, key=lambda kv: kv[1])[0]
-    return min(items, key=lambda kv: abs(kv[1] - float(direction)))[0]
-
-
-# ----------------------------------------------------------------------------- one model
+LABEL_FREE = ["rankme", "unevenness", "alpha_req", "nesum", "lidar"]  # headkit.probe.RULES
+FEW_LABEL = ["knn_loo", "linear_cv"]
+LABELS_PER_CLASS = 10  # the few-label rules see this many labelled images per class
 
 
 def views_of(x: Tensor, s: P.Setting, n: int, q: int, seed: int) -> Tensor:
-    """``q`` augmented views of ``n`` images, (n * q, C, H, W), sample-major."""
+    """``q`` augmented views (the pretraining augmentation) of ``n`` images, (n * q, C, H, W),
+    sample-major."""
     g = torch.Generator().manual_seed(seed)
     xs = x[:n].repeat_interleave(q, 0)
     return P.augment(xs, g, **s.aug)
@@ -143,22 +80,36 @@ def views_of(x: Tensor, s: P.Setting, n: int, q: int, seed: int) -> Tensor:
 def evaluate(
     model: P.WithHead, s: P.Setting, data: P.Data, seed: int, args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Every rule's pick and the oracle, for one model and each of its downstream tasks."""
     layers, roles = P.sweep_layers(model)
-    f_tr = P.layer_features(model, data.train_x, layers)
-    f_te = P.layer_features(model, data.test_x, layers)
-    n_lf = min(2000, data.train_x.shape[0])
-    scores: dict[str, dict[str, float]] = {}
-    for name, (fn, _) in LABEL_FREE.items():
-        scores[name] = {k: fn(f_tr[k][:n_lf]) for k in layers}
+    # the downstream training images, unlabelled: what a label-free rule sees
+    feats = P.layer_features(model, data.train_x, layers)
     n_v, q = (64, 4) if args.smoke else (500, 4)
     fv = P.layer_features(model, views_of(data.train_x, s, n_v, q, seed + 7), layers)
-    scores["lidar"] = {k: lidar(fv[k].reshape(n_v, q, -1)) for k in layers}
+    views = {k: v.reshape(n_v, q, -1) for k, v in fv.items()}
+    label_free: dict[str, dict[str, Any]] = {}
+    for rule in LABEL_FREE:
+        c = hp.choose_layer(
+            feats, rule=rule, views=views if rule == "lidar" else None, n_boot=0, seed=seed
+        )
+        label_free[rule] = {"layer": c.layer, "scores": c.scores, "direction": c.direction}
+    oracle = P.probe_layers(model, data, list(s.tasks), seed=seed, smoke=args.smoke)
     tasks = {}
     for task in s.tasks:
-        tasks[task] = P.oracle(
-            f_tr, data.train_y[task], f_te, data.test_y[task], seed, 200 if args.smoke else 1000
-        )
-    return {"layers": layers, "roles": roles, "scores": scores, "tasks": tasks}
+        few = {}
+        for rule in FEW_LABEL:
+            c = hp.choose_layer(
+                feats,
+                data.train_y[task],
+                rule=rule,
+                labels_per_class=LABELS_PER_CLASS,
+                n_boot=0,
+                seed=seed,
+                probe_kwargs={"epochs": 10} if args.smoke else None,
+            )
+            few[rule] = c.layer
+        tasks[task] = {**oracle[task], "few_label": few}
+    return {"layers": layers, "roles": roles, "label_free": label_free, "tasks": tasks}
 
 
 def cached_eval(
@@ -181,16 +132,14 @@ def cached_eval(
 
 # ----------------------------------------------------------------------------- rules and table
 
-DIRECTIONS: dict[str, str | float] = {
-    **{k: d for k, (_, d) in LABEL_FREE.items()},
-    "lidar": "max",
-}
-MEASURE_NAMES = {
-    "rankme": "RankMe (max)",
-    "unevenness": "unevenness (min)",
-    "alpha_req": "alpha-ReQ (closest to 1)",
-    "nesum": "NESum (max)",
-    "lidar": "LiDAR (max)",
+RULE_NAMES = {
+    "rankme": "label-free: RankMe (highest)",
+    "unevenness": "label-free: unevenness (lowest)",
+    "alpha_req": "label-free: alpha-ReQ (closest to 1)",
+    "nesum": "label-free: NESum (highest)",
+    "lidar": "label-free: LiDAR (highest)",
+    "knn_loo": f"{LABELS_PER_CLASS} labels/class: kNN leave-one-out",
+    "linear_cv": f"{LABELS_PER_CLASS} labels/class: linear probe, 5-fold CV",
 }
 
 
@@ -208,16 +157,20 @@ class Case:
     picks: dict[str, str] = field(default_factory=dict)
 
 
-def rules_of(ev: dict[str, Any], model_has_head: bool) -> dict[str, str]:
-    layers = ev["layers"]
-    picks = {
-        f"label-free: {MEASURE_NAMES[m]}": pick(ev["scores"][m], DIRECTIONS[m]) for m in DIRECTIONS
-    }
+def rules_of(ev: dict[str, Any], task: str, model_has_head: bool) -> dict[str, str]:
+    """The layer each rule picks for one model and task."""
+    picks = {RULE_NAMES[r]: ev["label_free"][r]["layer"] for r in LABEL_FREE}
+    picks.update({RULE_NAMES[r]: ev["tasks"][task]["few_label"][r] for r in FEW_LABEL})
     picks["fixed: post-projection output"] = "head" if model_has_head else "backbone.fc"
     picks["fixed: backbone output"] = "backbone.fc"
     picks["fixed: last block"] = "backbone.block3"
-    assert all(p in layers for p in picks.values())
+    assert all(p in ev["layers"] for p in picks.values()), picks
     return picks
+
+
+def mismatched(c: Case) -> bool:
+    """Whether the task needs what pretraining discards (a disrupted feature, sub-classes)."""
+    return not c.mismatch.startswith("none")
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -231,19 +184,24 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def rule_table(cases: list[Case]) -> tuple[str, list[dict[str, Any]]]:
+def rule_table(cases: list[Case], title: str) -> tuple[str, list[dict[str, Any]]]:
+    """Per rule: how often its layer is tied with the oracle's best (with a 95% Wilson interval
+    over cases), and the points of linear-probe accuracy lost against the best (mean with a 95%
+    bootstrap interval over cases, and worst)."""
     rules = list(cases[0].picks)
     rows, out = [], []
+    rng = np.random.default_rng(0)
     for r in rules:
         hits = sum(c.picks[r] in c.tied for c in cases)
-        lost = [100 * (c.acc[c.best] - c.acc[c.picks[r]]) for c in cases]
+        lost = np.array([100 * (c.acc[c.best] - c.acc[c.picks[r]]) for c in cases])
         lo, hi = wilson(hits, len(cases))
+        boot = lost[rng.integers(0, len(lost), size=(2000, len(lost)))].mean(1)
         rows.append(
             [
                 r,
                 f"{hits}/{len(cases)} = {100 * hits / len(cases):.0f}% ({100 * lo:.0f}-{100 * hi:.0f})",
-                f"{np.mean(lost):.2f}",
-                f"{np.max(lost):.2f}",
+                f"{lost.mean():.2f} ({np.quantile(boot, 0.025):.2f}-{np.quantile(boot, 0.975):.2f})",
+                f"{lost.max():.2f}",
             ]
         )
         out.append(
@@ -251,13 +209,13 @@ def rule_table(cases: list[Case]) -> tuple[str, list[dict[str, Any]]]:
                 "rule": r,
                 "hits": hits,
                 "cases": len(cases),
-                "mean_lost": float(np.mean(lost)),
-                "worst_lost": float(np.max(lost)),
+                "mean_lost": float(lost.mean()),
+                "worst_lost": float(lost.max()),
             }
         )
     text = P.print_table(
-        "rule                  tied with the oracle's best (95% Wilson interval)  points lost: mean  worst",
-        ["rule", "tied with oracle's best", "mean pts lost", "worst pts lost"],
+        title,
+        ["rule", "tied with the oracle's best", "points lost: mean", "worst"],
         rows,
     )
     return text, out
@@ -349,9 +307,9 @@ def main() -> None:
                 model, meta = P.pretrain(cfg, data, smoke=args.smoke, use_cache=not args.no_cache)
                 t1 = time.time()
                 ev = cached_eval(model, s, head, seed, data, args)
-                picks = rules_of(ev, model.has_head)
                 for task, mm in s.tasks.items():
                     o = ev["tasks"][task]
+                    picks = rules_of(ev, task, model.has_head)
                     cases.append(
                         Case(
                             s.name,
@@ -382,13 +340,36 @@ def main() -> None:
     n_models = len(settings) * len(heads) * len(seeds)
     title = f"\n{banner}{n_models} models, {len(cases)} cases (model x downstream task)\n"
     print(title)
-    t_rules, rows = rule_table(cases)
+    t_rules, rows = rule_table(
+        cases,
+        "all cases: share of cases whose chosen layer is tied with the oracle's best (95% Wilson "
+        "interval), points of accuracy lost against the best (mean, 95% bootstrap interval; worst)",
+    )
+    groups = sorted({mismatched(c) for c in cases})
+    t_groups = []
+    for group in groups:
+        sub = [c for c in cases if mismatched(c) == group]
+        t_groups.append(
+            rule_table(
+                sub,
+                "\n"
+                + (
+                    "tasks that need what pretraining discards (disrupted digit, fine classes)"
+                    if group
+                    else "tasks that match pretraining (the pretraining classes or augmentation-kept features)"
+                ),
+            )[0]
+        )
     t_depth = depth_table(cases)
     wall, cpu = time.time() - t0, time.process_time() - c0
     foot = f"\nwall time {wall / 60:.1f} min, CPU time {cpu / 60:.1f} min, torch threads {torch.get_num_threads()}"
     print(foot)
     os.makedirs(args.out, exist_ok=True)
-    P.save_text(args.out, "bench_layer_choice.txt", title + t_rules + "\n" + t_depth + "\n" + foot)
+    P.save_text(
+        args.out,
+        "bench_layer_choice.txt",
+        "\n".join([title, t_rules, *t_groups, t_depth, foot]),
+    )
     with open(os.path.join(args.out, "bench_layer_choice.json"), "w") as fh:
         json.dump(
             {"smoke": args.smoke, "rules": rows, "cases": [asdict(c) for c in cases]}, fh, indent=1

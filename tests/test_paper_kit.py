@@ -7,7 +7,6 @@ import math
 import os
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -57,39 +56,11 @@ def test_fmt_stat_has_no_raw_lists() -> None:
     assert P.fmt_stat([0.5]) == "50.0 (1 seed)"
 
 
-def test_paired_bootstrap_ties() -> None:
-    rng = np.random.default_rng(0)
-    good = rng.random(2000) < 0.9
-    correct = {"a": good, "b": good.copy(), "noise": rng.random(2000) < 0.5}
-    ci, best, tied = P.paired_bootstrap(correct, 500, 0)
-    assert best == "a" and set(tied) == {"a", "b"}  # identical layers tie, a noise layer does not
-    for k, (lo, hi) in ci.items():
-        assert lo <= correct[k].mean() <= hi
-
-
-def test_paired_bootstrap_separates_small_paired_differences() -> None:
-    # b differs from a on 30 of 2000 samples, always for the worse: unpaired intervals would
-    # overlap, the paired difference is significant
-    rng = np.random.default_rng(1)
-    a = rng.random(2000) < 0.8
-    b = a.copy()
-    b[np.flatnonzero(a)[:30]] = False
-    _, best, tied = P.paired_bootstrap({"a": a, "b": b}, 1000, 0)
-    assert best == "a" and tied == ["a"]
-
-
 def test_wilson_interval() -> None:
     lo, hi = B.wilson(9, 10)
     assert lo < 0.9 < hi and hi <= 1.0
     assert B.wilson(0, 10)[0] == 0.0
     assert B.wilson(10, 10)[1] == 1.0
-
-
-def test_pick_directions() -> None:
-    scores = {"a": 1.0, "b": 3.0, "c": 0.9, "d": float("nan")}
-    assert B.pick(scores, "max") == "b"
-    assert B.pick(scores, "min") == "c"
-    assert B.pick(scores, 1.0) == "a"
 
 
 def test_rule_table_counts_ties_and_points_lost() -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headkit import MLPHead, NTXentLoss, ReweightHead
-from headkit.probe import extract_features
+from headkit.probe import extract_features, layer_sweep
 
 CACHE = os.environ.get("HEADKIT_DATA", os.path.expanduser("~/.cache/headkit"))
 RUNS = os.path.join(CACHE, "runs")  # trained models and results (never committed)
@@ -717,78 +717,39 @@ def pretrain(
 # ----------------------------------------------------------------------------- probes
 
 
-def paired_bootstrap(
-    correct: dict[str, np.ndarray], n_boot: int, seed: int
-) -> tuple[dict[str, tuple[float, float]], str, list[str]]:
-    """95% percentile intervals per layer and the layers tied with the best, from one set of
-    bootstrap resamples of the test images shared by every layer (paired)."""
-    keys = list(correct)
-    c = np.stack([correct[k] for k in keys]).astype(np.float64)  # (L, M)
-    m = c.shape[1]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, m, size=(n_boot, m))
-    boot = np.stack([c[:, i].mean(1) for i in idx])  # (B, L)
-    ci = {
-        k: (float(np.quantile(boot[:, j], 0.025)), float(np.quantile(boot[:, j], 0.975)))
-        for j, k in enumerate(keys)
-    }
-    acc = c.mean(1)
-    b = int(np.argmax(acc))
-    tied = []
-    for j, k in enumerate(keys):
-        diff = boot[:, b] - boot[:, j]
-        # tied: the paired 95% interval of (best - this) contains 0
-        if j == b or np.quantile(diff, 0.025) <= 0:
-            tied.append(k)
-    return ci, keys[b], tied
-
-
-def oracle(
-    feats_tr: dict[str, Tensor],
-    ytr: Tensor,
-    feats_te: dict[str, Tensor],
-    yte: Tensor,
-    seed: int,
-    n_boot: int,
-) -> dict[str, Any]:
-    """Linear probe per layer with paired bootstrap intervals over the test images.
-
-    Stand-in until headkit.probe has intervals: a ridge classifier (one-vs-rest least squares on
-    standardised features), closed form."""
-    correct: dict[str, np.ndarray] = {}
-    classes, yi = torch.unique(ytr, return_inverse=True)
-    onehot = torch.nn.functional.one_hot(yi, classes.numel()).double()
-    for k in feats_tr:
-        a, b = feats_tr[k].double(), feats_te[k].double()
-        mu, sd = a.mean(0), a.std(0).clamp_min(1e-6)
-        a, b = (a - mu) / sd, (b - mu) / sd
-        a1 = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
-        b1 = torch.cat([b, torch.ones(b.shape[0], 1, dtype=b.dtype)], 1)
-        lam = 1.0 * a.shape[0] / 100
-        w = torch.linalg.solve(
-            a1.T @ a1 + lam * torch.eye(a1.shape[1], dtype=a.dtype), a1.T @ onehot
-        )
-        correct[k] = (classes[(b1 @ w).argmax(1)] == yte).numpy()
-    ci, best, tied = paired_bootstrap(correct, n_boot, seed)
-    return {
-        "acc": {k: float(v.mean()) for k, v in correct.items()},
-        "ci": ci,
-        "best": best,
-        "tied": tied,
-    }
-
-
 def probe_layers(
     model: WithHead, data: Data, tasks: Sequence[str], *, seed: int, smoke: bool
 ) -> dict[str, dict[str, Any]]:
-    """The labelled sweep of every layer for each downstream task (see `oracle`)."""
-    layers, _ = sweep_layers(model)
-    f_tr = layer_features(model, data.train_x, layers)
-    f_te = layer_features(model, data.test_x, layers)
-    return {
-        t: oracle(f_tr, data.train_y[t], f_te, data.test_y[t], seed, 200 if smoke else 1000)
-        for t in tasks
-    }
+    """The labelled sweep of every layer for each downstream task: `headkit.probe.layer_sweep`'s
+    linear probe (trained on ``data.train_x``, tested on ``data.test_x``) with its 95% paired
+    bootstrap intervals over the test images and the layers tied with the best.
+
+    Returns ``{task: {"acc": {layer: acc}, "ci": {layer: (lo, hi)}, "best": layer,
+    "tied": [layers]}}``.
+    """
+    layers, roles = sweep_layers(model)
+    out = {}
+    for t in tasks:
+        report = layer_sweep(
+            model,
+            batches(data.train_x, data.train_y[t]),
+            batches(data.test_x, data.test_y[t]),
+            layers,
+            metrics=("linear",),
+            n_boot=200 if smoke else 1000,
+            roles=roles,
+            probe_kwargs={"epochs": 10} if smoke else None,
+            seed=seed,
+            progress=False,
+        )
+        acc = report.results("linear")
+        out[t] = {
+            "acc": {str(k): float(v) for k, v in acc.items() if v is not None},
+            "ci": {str(k): v for k, v in report.intervals("linear").items()},
+            "best": str(report.best_layer("linear")),
+            "tied": [str(k) for k in report.tied_with_best("linear")],
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------- statistics
