@@ -91,7 +91,7 @@ def test_rule_table_counts_ties_and_points_lost() -> None:
             {"r": "z"},
         ),
     ]
-    _, rows = B.rule_table(cases)
+    _, rows = B.rule_table(cases, "title")
     assert rows[0]["hits"] == 1 and rows[0]["cases"] == 2
     assert rows[0]["mean_lost"] == pytest.approx((1.0 + 20.0) / 2)
     assert rows[0]["worst_lost"] == pytest.approx(20.0)
@@ -139,3 +139,26 @@ def test_composite_drops_the_digit() -> None:
     out = P.composite(item, digit, torch.tensor([True, False]))
     assert out[0, 0, 1, 1] == 1.0 and out[1, 0, 1, 1] == pytest.approx(0.4)
     assert torch.allclose(out[:, :, 0, 0], torch.full((2, 1), 0.4))
+
+
+@pytest.mark.parametrize("name", list(P.SETTINGS))
+def test_settings_load_with_standin_data(
+    name: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(P, "CACHE", str(tmp_path))  # no registry data here
+    data = P.load_setting(name, smoke=True)
+    n_pre, _, n_te = P.sizes(True)
+    assert data.train_x.shape[0] == data.train_y[next(iter(data.train_y))].shape[0]
+    assert set(data.train_y) == set(P.SETTINGS[name].tasks) == set(data.test_y)
+    if name != "digits":
+        assert data.source == "stand-in" and not data.real
+        assert data.pre_x.shape[0] == n_pre and data.test_x.shape[0] == n_te
+    if name == "digit_on_fashion":
+        assert data.pre_x.shape[1] == 2  # item and digit channels, composed by the augmentation
+    if name == "coarse_to_fine":
+        assert int(data.pre_y.max()) <= 3 and torch.equal(
+            data.train_y["coarse"], P.COARSE[data.train_y["fine"]]
+        )
+    if name != "digits":  # scikit-learn's digits ship in its wheel; the others need the fetch
+        with pytest.raises(SystemExit, match=r"get_data\.sh"):
+            P.load_setting(name, smoke=False)

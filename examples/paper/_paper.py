@@ -320,8 +320,9 @@ def train(
     optimizer: str = "adamw",
 ) -> dict[str, float]:
     """Train ``model`` with ``loss_fn(model, xb, yb, g)``: AdamW (decoupled weight decay) or
-    SGD (L2, momentum 0.9) with a cosine schedule. Returns seconds and the last epoch's loss."""
-    t0 = time.time()
+    SGD (L2, momentum 0.9) with a cosine schedule. Returns the wall and CPU seconds and the last
+    epoch's loss."""
+    t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     params = list(model.parameters()) + (extra_params or [])
@@ -347,7 +348,11 @@ def train(
             sched.step()
             last.append(float(loss.detach()))
     model.eval()
-    return {"seconds": time.time() - t0, "loss": float(np.mean(last)) if last else float("nan")}
+    return {
+        "seconds": time.time() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "loss": float(np.mean(last)) if last else float("nan"),
+    }
 
 
 def simclr_loss(
