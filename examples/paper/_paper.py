@@ -790,8 +790,11 @@ def verdict(lo: float, hi: float, expect: str = ">0") -> str:
 def fmt_stat(
     values: Sequence[float], scale: float = 100.0, digits: int = 1, sign: bool = False
 ) -> str:
-    """``mean +- sd [lo, hi]`` over seeds (scaled, e.g. to points)."""
+    """``mean +- sd [lo, hi]`` over seeds (scaled, e.g. to points). Unsigned percentages
+    (``scale=100``, ``sign=False``: accuracies) have their interval clipped to [0, 100]."""
     m, sd, lo, hi = seed_stats(values)
+    if scale == 100.0 and not sign:
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
     if not math.isfinite(sd):
         return f.format(scale * m) + " (1 seed)"
