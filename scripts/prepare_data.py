@@ -25,13 +25,23 @@ def main() -> None:
     def find(prefix: str) -> str:
         return next(p for f, p in files.items() if f.startswith(prefix))
 
-    np.savez_compressed(
-        os.path.join(cache, "fashion_mnist.npz"),
-        x_train=read_idx(find("train-images")),
-        y_train=read_idx(find("train-labels")),
-        x_test=read_idx(find("t10k-images")),
-        y_test=read_idx(find("t10k-labels")),
-    )
+    fm = {
+        "x_train": read_idx(find("train-images")),
+        "y_train": read_idx(find("train-labels")),
+        "x_test": read_idx(find("t10k-images")),
+        "y_test": read_idx(find("t10k-labels")),
+    }
+    expect = {
+        "x_train": (60000, 28, 28),
+        "y_train": (60000,),
+        "x_test": (10000, 28, 28),
+        "y_test": (10000,),
+    }
+    for k, shape in expect.items():
+        if fm[k].shape != shape:
+            raise SystemExit(f"Fashion-MNIST {k}: expected shape {shape}, got {fm[k].shape}")
+    if set(np.unique(fm["y_train"]).tolist()) != set(range(10)):
+        raise SystemExit("Fashion-MNIST: the training labels are not the 10 classes 0..9")
     xs, ys = [], []
     for d in range(10):
         with open(os.path.join(digits_dir, f"{d}.json")) as fh:
@@ -41,9 +51,14 @@ def main() -> None:
         )
         xs.append(np.round(arr * 255).astype(np.uint8))
         ys.append(np.full(len(arr), d, dtype=np.uint8))
-    np.savez_compressed(
-        os.path.join(cache, "mnist_digits.npz"), x=np.concatenate(xs), y=np.concatenate(ys)
-    )
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if x.shape != (10000, 28, 28):
+        raise SystemExit(f"MNIST digits: expected 10,000 images of 28x28, got {x.shape}")
+    # write to temporary names, then rename: an interrupted run leaves no half-written cache
+    for name, arrays in (("fashion_mnist", fm), ("mnist_digits", {"x": x, "y": y})):
+        tmp = os.path.join(cache, f".{name}.tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, os.path.join(cache, f"{name}.npz"))
     print(f"wrote {cache}/fashion_mnist.npz and {cache}/mnist_digits.npz")
 
 
