@@ -61,17 +61,21 @@ def main() -> None:
             print(
                 f"epoch {epoch}: global-batch loss {loss.item():.4f} ({world} ranks x {args.batch_size})"
             )
+    # every rank sweeps its own shard; layer_sweep gathers the features of all ranks, so each
+    # rank gets the report of the whole data set (calling it on rank 0 alone would wait forever
+    # for the other ranks)
+    model.eval()
+    model.cpu()
+    shard = DistributedSampler(TensorDataset(x, y), shuffle=False)
+    sweep_loader = DataLoader(TensorDataset(x, y), batch_size=512, sampler=shard)
+    report = layer_sweep(
+        model,
+        sweep_loader,
+        layers=["backbone.block2", "backbone", "head"],
+        metrics=("knn", "rankme"),
+        progress=False,
+    )
     if rank == 0:
-        model.eval()
-        model.cpu()
-        batches = [(x[i : i + 512], y[i : i + 512]) for i in range(0, len(y), 512)]
-        report = layer_sweep(
-            model,
-            batches,
-            layers=["backbone.block2", "backbone", "head"],
-            metrics=("knn", "rankme"),
-            progress=False,
-        )
         print(report.table())
     dist.barrier()
     dist.destroy_process_group()

@@ -59,23 +59,7 @@ class KwNet(nn.Module):
         return h
 
 
-def _needs_keyword_taps() -> None:
-    """Until engineer A's M1 lands, LayerTap needs a positional input."""
-    import inspect
-
-    from headkit import LayerTap
-
-    params = list(inspect.signature(LayerTap.__call__).parameters.values())[1:]
-    if (
-        params
-        and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-        and params[0].default is inspect.Parameter.empty
-    ):
-        pytest.xfail("LayerTap(**kwargs) (engineer A's M1) is not merged yet")
-
-
 def test_dict_batches_pass_keywords_and_take_labels_out() -> None:
-    _needs_keyword_taps()
     torch.manual_seed(0)
     net = KwNet()
     ids = torch.randint(0, 50, (6, 5))
@@ -116,7 +100,6 @@ def test_hf_bert_from_config_dict_batches() -> None:
     ids = torch.randint(0, 60, (4, 7))
     mask = torch.ones(4, 7, dtype=torch.long)
     batches = [{"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0, 1])}]
-    _needs_keyword_taps()
     feats, labels = extract_features(
         model, batches, ["encoder.layer.0", "encoder.layer.1"], pool="mean", progress=False
     )
