@@ -21,7 +21,7 @@ from ._tap import LayerTap, TapInfo, feature_info
 from ._truncate import Truncated, truncate_at
 from .probe import SweepReport, layer_sweep
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "HeadkitError",
