@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -445,3 +446,34 @@ def test_online_probe_never_syncs_with_the_host() -> None:
     cpu({"a": torch.randn(4, 8)}, torch.arange(4) % 3)
     assert cpu.to(torch.float64)._correct is not None  # counts follow .to() and stay int64
     assert cpu._correct.dtype == torch.int64 and cpu.compute()["a"] >= 0
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    raise RuntimeError("no RssFile")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux /proc")
+def test_random_rows_of_a_file_do_not_keep_the_file_mapped(tmp_path: Path) -> None:
+    # a probe reads 256 random rows per step; each read fault maps its 64 KiB fault-around
+    # window, so counting only the rows' own bytes left a whole 64 MiB file mapped
+    n, d = 32768, 512
+    path = str(tmp_path / "feats.f32")
+    torch.randn(n, d).numpy().tofile(path)
+    with open(path, "rb") as fh:
+        fh.read()  # in the page cache, where fault-around applies
+    r = Rows(path, (n, d))
+    g = torch.Generator().manual_seed(0)
+    out = torch.empty(256, d)
+    r.take(torch.arange(256), out=out)  # the kernels' own code pages are mapped in here
+    r.release()
+    before = _rss_file_kib()
+    peak = before
+    for _ in range(60):
+        r.take(torch.randint(0, n, (256,), generator=g), out=out)
+        peak = max(peak, _rss_file_kib())
+    r.release()
+    assert (peak - before) < 48 * 1024, f"{(peak - before) / 1024:.0f} MiB of a 64 MiB file mapped"

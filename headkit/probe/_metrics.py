@@ -127,14 +127,17 @@ def knn_predict(
         for block in train.chunks(train_chunk):
             tr = F.normalize(block.to(dev), dim=1)
             sim = te @ tr.T
-            idx = torch.arange(start, start + tr.shape[0], device=dev)
             if exclude_self:
-                rows = torch.arange(ts, ts + te_n, device=dev).view(-1, 1)
-                sim = sim.masked_fill(rows == idx.view(1, -1), -math.inf)
-            cat_v = torch.cat([best_v, sim], 1)
-            cat_i = torch.cat([best_i, idx.view(1, -1).expand(te_n, -1)], 1)
-            best_v, pos = cat_v.topk(kk, dim=1)
-            best_i = cat_i.gather(1, pos)
+                # the pairs (i, i) of this block: test row r is training row ts + r
+                r = torch.arange(te_n, device=dev)
+                c = r + (ts - start)
+                hit = (c >= 0) & (c < tr.shape[0])
+                sim[r[hit], c[hit]] = -math.inf
+            # the block's own top-k first: only (te_n, k) values join the running top-k (a
+            # (chunk, train_chunk) index matrix beside the similarities took 3x their memory)
+            v, i = sim.topk(min(kk, tr.shape[0]), dim=1)
+            best_v, pos = torch.cat([best_v, v], 1).topk(kk, dim=1)
+            best_i = torch.cat([best_i, i.add_(start)], 1).gather(1, pos)
             start += tr.shape[0]
         weights = (best_v / temperature).exp()
         votes = torch.zeros(te_n, num_classes, device=dev, dtype=weights.dtype)

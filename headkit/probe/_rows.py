@@ -63,6 +63,31 @@ class _Mapped:
         )
         self.touched = 0
 
+    @property
+    def can_read(self) -> bool:
+        """Whether scattered rows are read with positioned reads (``os.preadv``)."""
+        return self.mm is not None and hasattr(os, "preadv")
+
+    def read_rows(self, rows: Tensor, out: Tensor) -> None:
+        """Rows ``rows`` (CPU int64) into ``out`` (contiguous CPU float32), one positioned
+        read per row, in file order.
+
+        Scattered rows are not read through the mapping: a read fault maps the page-cache
+        folio around the row, and with large folios 256 random rows of 2 KiB mapped a whole
+        64 MiB file (a probe's random batches kept every layer's file resident).
+        """
+        nb = self.d * 4
+        view = out.numpy().data.cast("B")
+        order = torch.argsort(rows)
+        with open(self.path, "rb", buffering=0) as fh:
+            fd = fh.fileno()
+            for j, r in zip(order.tolist(), rows[order].tolist(), strict=True):
+                got = os.preadv(fd, [view[j * nb : (j + 1) * nb]], r * nb)
+                if got != nb:
+                    raise HeadkitError(
+                        f"feature file {self.path!r}: short read of row {r} ({got} of {nb} bytes)"
+                    )
+
     def touch(self, nbytes: int) -> None:
         self.touched += nbytes
         if self.touched >= _RELEASE_BYTES:
@@ -74,6 +99,10 @@ class _Mapped:
             # a private mapping of pages never written: dropping them only unmaps them (they
             # stay in the page cache and are read again on the next access)
             self.mm.madvise(mmap.MADV_DONTNEED)
+
+
+def _plain_cpu(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
 
 
 class Rows:
@@ -150,6 +179,13 @@ class Rows:
         base = self._base()
         rows = idx if self.subset is None else self.subset[idx.to("cpu")]
         rows = rows.to(base.device, torch.long)
+        if self._file is not None and self._file.can_read:
+            fits = out is not None and _plain_cpu(out) and out.shape == (len(rows), self.d)
+            res = out if out is not None and fits else torch.empty(len(rows), self.d)
+            self._file.read_rows(rows, res)
+            if out is not None and res is not out:
+                return out.copy_(res)
+            return res
         if out is not None and out.device == base.device and base.dtype == torch.float32:
             torch.index_select(base, 0, rows, out=out)
             res = out
