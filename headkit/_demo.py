@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._contrastive import NTXentLoss
 from ._data import DisruptedDigits, augment, disrupted_digits, drop_right
 from ._errors import HeadkitError
 from ._heads import MLPHead, ReweightHead
+from ._losses import NTXentLoss
 
 __all__ = ["DemoResult", "Encoder", "make_encoder", "run_demo", "train_simclr"]
 
