@@ -47,13 +47,17 @@ def main() -> None:
     print(
         f"vit block 5: NCHW {tuple(nchw.shape)}, CLS {tuple(cls.shape)}, mean {tuple(mean.shape)}, cls+mean {tuple(both.shape)}"
     )
-    # ---------------------------------------------------------------- context manager + gradients
-    with LayerTap(vit, ["blocks.3", 3]) as tap:  # a name and timm's index for the same block
-        logits = vit(xv)
-        tokens = tap.outputs["blocks.3"]  # raw (B, 1 + H*W, C) tokens
-        patch_map = tap.outputs[3]  # forward_intermediates' (B, C, H, W) layout
-        (tokens.pow(2).mean() + logits.mean()).backward()  # a loss on a lower layer
-    print(f"with-block: tokens {tuple(tokens.shape)}, index 3 {tuple(patch_map.shape)}")
+    # ---------------------------------------------------------------- output + lower layers, gradients
+    # tap.run: the model's own output (= vit(xv)) and the taps from one forward; int indices
+    # come from timm's forward_intermediates, which a plain vit(xv) in a with-block never runs
+    logits, feats = LayerTap(vit, ["blocks.3", 3]).run(xv)  # a name and timm's index, one block
+    tokens = feats["blocks.3"]  # raw (B, 1 + H*W, C) tokens
+    patch_map = feats[3]  # forward_intermediates' (B, C, H, W) layout
+    (tokens.pow(2).mean() + logits.mean()).backward()  # a loss on a lower layer
+    print(f"tap.run: tokens {tuple(tokens.shape)}, index 3 {tuple(patch_map.shape)}")
+    with LayerTap(vit, ["blocks.3"]) as tap:  # names also work around the user's own call
+        vit(xv)
+        print("with-block:", tuple(tap.outputs["blocks.3"].shape))
     print("grad reached block 0:", vit.blocks[0].attn.qkv.weight.grad is not None)
     # ---------------------------------------------------------------- truncate and cut a checkpoint
     cut = truncate_at(vit, 5, pool="cls")
