@@ -265,6 +265,15 @@ def main() -> None:
         gaps: dict[float, list[float]] = {}
         trained = train(s_t, d_t, steps, wds, len(seeds))
         for wi, wd in enumerate(wds):
+            # SGD on this quartic loss can diverge (a strong input feature): such a net's
+            # weights are inf / nan, and a readout of them is meaningless, not a 50% result
+            bad = sum(
+                not all(bool(torch.isfinite(w[wi, seed]).all()) for w in trained) for seed in seeds
+            )
+            if bad:
+                what = f"diverged in {bad} of {len(seeds)} seeds"
+                rows.append([name, f"{wd:g}", what, what, "-", "-"])
+                continue
             pres, posts = [], []
             for seed in seeds:
                 if wd == 0.0:
@@ -275,7 +284,7 @@ def main() -> None:
             gaps[wd] = [a - b for a, b in zip(pres, posts, strict=True)]
             change = (
                 "-"
-                if wd == 0
+                if wd == 0 or 0.0 not in gaps
                 else fmt_stat(
                     [g - g0 for g, g0 in zip(gaps[wd], gaps[0.0], strict=True)], sign=True
                 )
@@ -290,10 +299,19 @@ def main() -> None:
                     change,
                 ]
             )
+        if 0.0 not in gaps:
+            verdicts.append(
+                f"{name}: no verdict: training diverged without weight decay (learning rate {LR} "
+                "is too large for this input scale)"
+            )
+            continue
         verdicts.append(
             claim(f"{name}: pre - post without weight decay (claim: > 0)", gaps[0.0], ">0", smoke)
         )
         for wd in wds[1:]:
+            if wd not in gaps:
+                verdicts.append(f"{name}: weight decay {wd:g}: no verdict (training diverged)")
+                continue
             diff = [g - g0 for g, g0 in zip(gaps[wd], gaps[0.0], strict=True)]
             verdicts.append(
                 claim(
