@@ -15,7 +15,7 @@ Grid (4 settings x 3 heads x 3 seeds = 36 models, 54 cases of model x downstream
   coarse_to_fine    SupCon on 4 coarse Fashion-MNIST groups (ours)   -> coarse (same labels),
                                                                         fine (sub-class)
   heads: none, MLP (2 layers, BN, ReLU), reweighting head (kappa = 1.05, fixed).
-Layers swept: the three conv blocks (2x2 average-pooled), the backbone output (fc), every hidden
+Layers swept: the three conv blocks (global average pool), the backbone output (fc), every hidden
 activation of the head, the head output.
 
 Rules: every label-free measure (argmax or argmin in its direction), ``recommend_layer`` in each
