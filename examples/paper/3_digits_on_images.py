@@ -34,6 +34,7 @@ import numpy as np
 from _paper import (
     Pretrain,
     claim,
+    finish,
     fmt_stat,
     layer_features,
     load_setting,
@@ -42,7 +43,6 @@ from _paper import (
     pretrain,
     print_table,
     probe_layers,
-    save_text,
     setup,
     sweep_layers,
 )
@@ -244,13 +244,7 @@ def main() -> None:
         )
     print("\n".join(lines))
     out += [t, "\n".join(lines)]
-    total = time.time() - t0
-    tail = (
-        f"{len(train_secs)} models ({cached} loaded from the cache); their training took "
-        f"{sum(train_secs) / 60:.1f} min when trained; this run took {total / 60:.1f} min"
-    )
-    print(tail)
-    save_text(args.out, "3_digits_on_images.txt", "\n\n".join([*out, tail]))
+    finish(args.out, "3_digits_on_images.txt", [*out], train_secs, cached, t0)
 
 
 if __name__ == "__main__":

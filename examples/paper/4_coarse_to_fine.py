@@ -27,6 +27,7 @@ import time
 from _paper import (
     Pretrain,
     claim,
+    finish,
     fmt_stat,
     load_setting,
     need_data,
@@ -34,7 +35,6 @@ from _paper import (
     pretrain,
     print_table,
     probe_layers,
-    save_text,
     setup,
 )
 
@@ -137,13 +137,7 @@ def main() -> None:
         rows,
     )
     print("\n".join(lines))
-    total = time.time() - t0
-    tail = (
-        f"{len(train_secs)} models ({cached} loaded from the cache); their training took "
-        f"{sum(train_secs) / 60:.1f} min when trained; this run took {total / 60:.1f} min"
-    )
-    print(tail)
-    save_text(args.out, "4_coarse_to_fine.txt", "\n\n".join([t, "\n".join(lines), tail]))
+    finish(args.out, "4_coarse_to_fine.txt", [t, "\n".join(lines)], train_secs, cached, t0)
 
 
 if __name__ == "__main__":

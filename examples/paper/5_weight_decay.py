@@ -28,6 +28,7 @@ import time
 from _paper import (
     Pretrain,
     claim,
+    finish,
     fmt_stat,
     load_setting,
     need_data,
@@ -35,7 +36,6 @@ from _paper import (
     pretrain,
     print_table,
     probe_layers,
-    save_text,
     setup,
 )
 
@@ -122,13 +122,7 @@ def main() -> None:
         rows,
     )
     print("\n".join(lines))
-    total = time.time() - t0
-    tail = (
-        f"{len(train_secs)} models ({cached} loaded from the cache); their training took "
-        f"{sum(train_secs) / 60:.1f} min when trained; this run took {total / 60:.1f} min"
-    )
-    print(tail)
-    save_text(args.out, "5_weight_decay.txt", "\n\n".join([t, "\n".join(lines), tail]))
+    finish(args.out, "5_weight_decay.txt", [t, "\n".join(lines)], train_secs, cached, t0)
 
 
 if __name__ == "__main__":

@@ -848,3 +848,15 @@ def save_text(out: str, name: str, text: str) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, name), "w") as fh:
         fh.write(text + "\n")
+
+
+def finish(
+    out: str, name: str, parts: list[str], train_secs: list[float], cached: int, t0: float
+) -> None:
+    """Print how long the models took and this run took, and save the tables with that line."""
+    tail = (
+        f"{len(train_secs)} models ({cached} loaded from the cache); their training took "
+        f"{sum(train_secs) / 60:.1f} min when trained; this run took {(time.time() - t0) / 60:.1f} min"
+    )
+    print(tail)
+    save_text(out, name, "\n\n".join([*parts, tail]))
