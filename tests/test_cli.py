@@ -333,7 +333,7 @@ def test_amp_batch_size_workers_and_size(images: Path, tmp_path: Path) -> None:
 def test_demo_makes_its_argument_from_the_numbers() -> None:
     """In process, tiny: the structure of the argument, not its result (the full run is in the
     README). The reweighting head's pre = post holds exactly, by construction."""
-    from headkit._demo import run_demo
+    from headkit._app.demo import run_demo
 
     lines: list[str] = []
     res = run_demo(

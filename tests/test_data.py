@@ -1,4 +1,4 @@
-"""headkit._data: stratified draws and splits, image folders, .npz files, the demo's task."""
+"""headkit._app.data: stratified draws and splits, image folders, .npz files, the demo's task."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from headkit import HeadkitError
-from headkit._data import (
+from headkit.data import (
     ArrayImages,
     FolderImages,
     digits,

@@ -1,4 +1,4 @@
-"""`headkit._model`: the facts about a user's model (M1 of issue 9) and `load_checkpoint`."""
+"""`headkit._layers.model`: the facts about a user's model (M1 of issue 9) and `load_checkpoint`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 import headkit
 from headkit import HeadkitError, LayerTap, feature_info, load_checkpoint, truncate_at
-from headkit._model import (
+from headkit._layers.model import (
     block_lists,
     check_module,
     default_layers,

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from headkit import HeadkitError, LayerTap, truncate_at
-from headkit._model import default_layers
+from headkit._layers.model import default_layers
 
 T = pytest.importorskip("transformers")
 

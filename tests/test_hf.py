@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from headkit import HeadkitError, LayerTap, feature_info, load_checkpoint, truncate_at
-from headkit._model import default_layers, num_prefix_tokens
+from headkit._layers.model import default_layers, num_prefix_tokens
 
 T = pytest.importorskip("transformers")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import headkit._losses._lse as C
+import headkit._kernels.lse as C
 from headkit import HeadkitError, InfoNCELoss, NTXentLoss, SupConLoss
 from headkit.ops import info_nce, nt_xent, reweight_normalize, sup_con
 

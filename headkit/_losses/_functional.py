@@ -10,10 +10,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _dist
 from .._errors import HeadkitError, fmt_shape
-from . import _dist
-from ._backend import compute_dtype
-from ._lse import lse
+from .._kernels.backend import compute_dtype
+from .._kernels.lse import lse
 
 __all__ = [
     "Temperature",
@@ -404,3 +404,46 @@ def sup_con(
     if rescale:
         loss = loss * t
     return _out(loss, z)
+
+
+def contrastive_lse(
+    q: Tensor,
+    k: Tensor,
+    q_labels: Tensor,
+    k_labels: Tensor,
+    self_idx: Tensor,
+    temperature: float | Tensor,
+    need_pos: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Tiled log-sum-exp and summed positive logits of ``q @ k.T / temperature``.
+
+    Args:
+        q: ``(A, D)`` anchors (float32 or float64).
+        k: ``(K, D)`` keys, same dtype and device.
+        q_labels: ``(A,)`` int64 anchor labels.
+        k_labels: ``(K,)`` int64 key labels; key j is a positive of anchor a when the labels match.
+        self_idx: ``(A,)`` int64, the key index excluded for each anchor (``-1``: none).
+        temperature: a float, or a scalar tensor (differentiable: a learnable temperature
+            receives its gradient).
+        need_pos: compute ``pos`` and ``cnt`` (False returns zeros and skips the label masks).
+
+    Returns:
+        ``(lse, pos, cnt)``, each ``(A,)``: log-sum-exp over the non-excluded keys, the sum of the
+        positive logits, and the number of positives (not differentiable).
+
+    Example:
+        >>> import torch
+        >>> from headkit.ops import contrastive_lse
+        >>> q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+        >>> lab = torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> lse, pos, cnt = contrastive_lse(q, q, lab, lab, torch.arange(6), 0.1)
+        >>> cnt.tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    from .._losses._functional import check_temperature
+
+    t = check_temperature(temperature)
+    ql, kl = (q_labels, k_labels) if need_pos else (None, None)
+    if isinstance(t, Tensor):
+        return lse(q * t.reciprocal().to(q.dtype), k, q_labels=ql, k_labels=kl, self_idx=self_idx)
+    return lse(q, k, q_labels=ql, k_labels=kl, self_idx=self_idx, inv_t=1.0 / t)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .. import _dist
 from .._errors import HeadkitError
-from . import _dist
 from ._bank import MemoryBank, parse_bank_size
 from ._functional import (
     _check_pair,

@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch import nn
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
-from .._pool import Pool
-from .._tap import LayerTap
+from .._layers.model import LayerSpec
+from .._layers.pool import Pool
+from .._layers.tap import LayerTap
 from ..probe import OnlineLayerProbe
 
 try:

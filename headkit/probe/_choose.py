@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._dist import dist_state
 from .._errors import HeadkitError, closest
-from .._model import LayerSpec
-from .._pool import Pool
-from ._dist import dist_state
+from .._layers.model import LayerSpec
+from .._layers.pool import Pool
 from ._extract import Features, extract
 from ._linear import fit_linear
 from ._metrics import LidarStats, Moments, encode_labels, knn_predict, moments

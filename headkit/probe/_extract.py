@@ -16,11 +16,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from .._dist import Dist, dist_state, scatter_positions
 from .._errors import HeadkitError, fmt_shape
-from .._model import LayerSpec, check_module, default_layers, unwrap
-from .._pool import Pool
-from .._tap import LayerTap
-from ._dist import Dist, dist_state, scatter_positions
+from .._layers.model import LayerSpec, check_module, default_layers, unwrap
+from .._layers.pool import Pool
+from .._layers.tap import LayerTap
 from ._rows import FileWriter, Rows, open_stored
 
 __all__ = [

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
 from ._metrics import check_finite_rows, check_xy, encode_labels
 from ._rows import Rows
 

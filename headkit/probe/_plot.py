@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
 from ._registry import ALIASES, METRICS
 
 if TYPE_CHECKING:

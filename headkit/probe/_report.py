@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
 from ._registry import ALIASES, METRICS, Metric
 
 if TYPE_CHECKING:

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .._dist import Dist
 from .._errors import HeadkitError
-from .._model import LayerSpec, check_module
-from .._pool import Pool
-from .._tap import LayerTap
-from ._dist import Dist
+from .._layers.model import LayerSpec, check_module
+from .._layers.pool import Pool
+from .._layers.tap import LayerTap
 from ._extract import Batch, autocast, move, placed, progress_bar, split_batch
 from ._metrics import LidarStats
 

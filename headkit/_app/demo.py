@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._data import DisruptedDigits, augment, disrupted_digits, drop_right
-from ._errors import HeadkitError
-from ._heads import MLPHead, ReweightHead
-from ._losses import NTXentLoss
+from .._errors import HeadkitError
+from .._losses import NTXentLoss
+from ..heads._mlp import MLPHead, ReweightHead
+from .demo_data import DisruptedDigits, augment, disrupted_digits, drop_right
 
 __all__ = ["DemoResult", "Encoder", "make_encoder", "run_demo", "train_simclr"]
 
@@ -280,7 +280,7 @@ def _run(
     workers: int,
     print_fn: Callable[[str], Any],
 ) -> DemoResult:
-    from .probe import METRICS, SweepReport
+    from ..probe import METRICS, SweepReport
 
     t0 = time.time()
     say = print_fn
@@ -438,7 +438,7 @@ def _job(
     sd: int, head: str, epochs: int, n_train: int, n_test: int, progress: bool
 ) -> tuple[Any, Any, Any, float]:
     """One pretraining run and its sweeps (a top-level function: it runs in a worker process)."""
-    from .probe import layer_sweep, recommend_layer
+    from ..probe import layer_sweep, recommend_layer
 
     torch.set_num_threads(1)
     t1 = time.time()
@@ -609,8 +609,8 @@ def _plot(res: DemoResult, out_dir: str, interval: str, say: Callable[[str], Any
     except ImportError:
         say('(no plot: matplotlib is not installed; pip install "headkit[plot]")')
         return None
-    from .probe import METRICS
-    from .probe._plot import reports_figure
+    from ..probe import METRICS
+    from ..probe._plot import reports_figure
 
     metrics = ["linear", "rankme", "unevenness"]
     fig = reports_figure(

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._errors import HeadkitError, fmt_shape
+from .._errors import HeadkitError, fmt_shape
 
 __all__ = [
     "POOLS",

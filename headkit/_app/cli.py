@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import HeadkitError
+from .._errors import HeadkitError
 
 __all__ = ["main"]
 
@@ -22,7 +22,7 @@ _METRICS = ("linear", "knn", "rankme", "unevenness")
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"headkit {__version__}"
 
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from ._demo import run_demo
+            from .demo import run_demo
 
             run_demo(
                 seeds=1 if args.smoke else args.seeds,
@@ -286,7 +286,7 @@ def _trial(model: Any, layers: Any, pool: str, x: Any, dev: Any) -> BaseExceptio
     """Run the tap once on a couple of images; the error, if the model rejects them."""
     import torch
 
-    from ._tap import LayerTap
+    from .._layers.tap import LayerTap
 
     tap = LayerTap(model, layers, pool=pool, detach=True)  # type: ignore[arg-type]
     try:
@@ -309,9 +309,10 @@ def _sweep(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from ._data import open_images, skipped_message, stratified_sample, stratified_split
-    from ._model import default_layers, load_checkpoint, num_prefix_tokens
-    from ._zoo import build_model, first_channels
+    from .._layers.checkpoint import load_checkpoint
+    from .._layers.model import default_layers, num_prefix_tokens
+    from .data import open_images, skipped_message, stratified_sample, stratified_split
+    from .zoo import build_model, first_channels
 
     t0 = time.time()
     for name in ("--batch-size", "--max-samples", "--size"):
@@ -470,7 +471,7 @@ def _sweep(args: argparse.Namespace) -> int:
     test_loader = DataLoader(
         test_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
     )
-    from .probe import layer_sweep
+    from ..probe import layer_sweep
 
     kwargs: dict[str, Any] = {}
     if args.amp:
@@ -532,7 +533,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _verdicts(report: Any, say: Any) -> None:
     """One line per metric: the best layer, its direction, and the layers tied with it."""
-    from .probe import METRICS
+    from ..probe import METRICS
 
     for m in report.metrics:
         vals = [v for v in report.metrics[m] if v is not None and not math.isnan(v)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -12,10 +11,11 @@ import torch.fx
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from ._errors import HeadkitError
-from ._fx import trace as _trace
-from ._fx import within as _within
-from ._model import (
+from .._errors import HeadkitError
+from .fx import trace as _trace
+from .fx import within as _within
+from .hooks import copy_module_tree, in_backward
+from .model import (
     Call,
     Hint,
     LayerSpec,
@@ -27,8 +27,8 @@ from ._model import (
     parse_targets,
     unwrap,
 )
-from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
-from ._tap import _in_backward, copy_module_tree
+from .pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
+from .run import positional_params, timm_options
 
 __all__ = ["Truncated", "truncate_at"]
 
@@ -98,7 +98,7 @@ class _StopHook:
         self.pre = pre
 
     def __call__(self, module: nn.Module, args: Any, *rest: Any) -> None:
-        if _in_backward():
+        if in_backward():
             return
         st = self.state
         if self.pre:
@@ -127,7 +127,7 @@ class _EndHook:
         self.state = state
 
     def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
-        if self.state.calibrating and not _in_backward():
+        if self.state.calibrating and not in_backward():
             raise _PastCut("end of the kept blocks")
 
 
@@ -535,14 +535,6 @@ def _cut_blocks(clone: nn.Module, inner: nn.Module, target: str) -> str | None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def _arg_names(model: nn.Module) -> tuple[str, ...]:
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return ()
-    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
 def truncate_at(
     model: nn.Module,
     layer: LayerSpec,
@@ -629,20 +621,16 @@ def truncate_at(
         "pool": pool,
         "total_params": total,
         "original_keys": original_keys,
-        "arg_names": _arg_names(inner),
+        "arg_names": positional_params(inner),
         "pad_id": _pad_id(inner),
         "training": inner.training,
     }
     if t.index is not None:
         clone: Any = copy_module_tree(inner)
         clone.prune_intermediate_layers(indices=[t.index], prune_norm=True, prune_head=True)
-        fi: Any = inner.forward_intermediates
-        params = inspect.signature(fi).parameters
-        opts: dict[str, Any] = {"indices": [t.index], "intermediates_only": True}
-        if "stop_early" in params:
-            opts["stop_early"] = True
-        if needs_prefix(pool) and "return_prefix_tokens" in params:
-            opts["return_prefix_tokens"] = True
+        opts = timm_options(
+            inner, [t.index], with_output=False, stop_early=True, prefix=needs_prefix(pool)
+        )
         return Truncated(clone, route="timm", npt=0, hint=None, runner=opts, **common)
     name = str(t.name)
     module = inner.get_submodule(name)

@@ -1,6 +1,6 @@
 """Triton kernels for CUDA tensors (also runnable on the CPU under ``TRITON_INTERPRET=1``).
 
-Imported lazily, only once `headkit._losses._backend.use_triton` has chosen Triton for an op;
+Imported lazily, only once `headkit._kernels.backend.use_triton` has chosen Triton for an op;
 ``import headkit`` never imports Triton. Two ops have kernels here:
 
 - ``headkit::contrastive_lse`` (`headkit.ops.contrastive_lse`): a forward kernel (online
@@ -26,7 +26,7 @@ import os
 import torch
 from torch import Tensor
 
-from ._losses._backend import block_d, dot_precision
+from .backend import block_d, dot_precision
 
 __all__ = ["block_d", "lse_backward", "lse_forward", "rwn_backward", "rwn_forward"]
 

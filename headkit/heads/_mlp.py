@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._errors import HeadkitError, closest, fmt_shape
-from ._reweight import check_kappa, compute_dtype, reweight_normalize_log, reweight_weights
+from .._errors import HeadkitError, closest, fmt_shape
+from .._kernels.reweight import check_kappa, compute_dtype, reweight_normalize_log, reweight_weights
 
 __all__ = ["LIGHTLY_HEADS", "PRESETS", "MLPHead", "ReweightHead"]
 

@@ -1,5 +1,5 @@
 """`load_checkpoint`: a checkpoint of any common layout into a model, strictly (part of
-`headkit._model`, the one home of facts about a user's model)."""
+`headkit._layers.model`, the one home of facts about a user's model)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._errors import HeadkitError
-from ._model import canonical_name, check_module, unwrap
+from .._errors import HeadkitError
+from .model import canonical_name, check_module, unwrap
+from .truncate import Truncated
 
 __all__ = ["LoadReport", "load_checkpoint"]
 
@@ -278,7 +279,6 @@ def load_checkpoint(
             sd[ck[len(chosen) :]] = v
         else:
             skipped.append(k)
-    from ._truncate import Truncated  # a cut: the keys of its removed part are skipped
 
     dropped = set(inner.dropped_keys) if isinstance(inner, Truncated) else set()
     unexpected = sorted(k for k in sd if k not in own and k not in dropped)

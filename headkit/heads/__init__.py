@@ -8,8 +8,8 @@ import functools
 import torch
 from torch import nn
 
-from ._errors import HeadkitError
-from ._heads import PRESETS, MLPHead, ReweightHead
+from .._errors import HeadkitError
+from ._mlp import PRESETS, MLPHead, ReweightHead
 
 __all__ = ["PRESETS", "MLPHead", "ReweightHead", "from_lightly"]
 

@@ -14,15 +14,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-from ._errors import HeadkitError, closest
+from .._errors import HeadkitError, closest
 
 __all__ = [
     "Call",
     "Hint",
     "LayerSpec",
-    "LoadReport",
+    "TapInfo",
     "Target",
     "block_lists",
     "channel_hint",
@@ -30,7 +31,6 @@ __all__ = [
     "default_layers",
     "has_index_semantics",
     "is_compiled",
-    "load_checkpoint",
     "num_indices",
     "num_prefix_tokens",
     "parse_targets",
@@ -639,8 +639,15 @@ def default_layers(model: nn.Module) -> list[LayerSpec]:
     Raises:
         HeadkitError: a non-module, or a model without a layer to read.
 
+    Args:
+        model: the encoder (wrappers such as DDP and ``torch.compile`` are looked through).
+
+    Returns:
+        Layer specs (module names, or timm indices), shallowest first.
+
     Example:
         >>> from torch import nn
+        >>> from headkit import default_layers
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True), nn.Linear(8, 2))
         >>> default_layers(net)
         ['0', '3']
@@ -698,7 +705,33 @@ def default_layers(model: nn.Module) -> list[LayerSpec]:
     return [n for n, _ in cands]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-# load_checkpoint lives in its own module; it is part of this one's surface
+# ----------------------------------------------------------------------------- a layer's output
 
-from ._checkpoint import LoadReport, load_checkpoint  # noqa: E402
+
+@dataclass(frozen=True)
+class TapInfo:
+    """Shape and dtype of one tap, from a dry run on the meta device.
+
+    Attributes:
+        shape: output shape, batch dimension included (of the pooled output when pooled).
+        dtype: output dtype.
+        layer: the module name or timm index the tap reads.
+        element: which part of a module output that is not a tensor was read, e.g.
+            ``"element 0 of a tuple of 2"`` (Hugging Face blocks), or None.
+        num_prefix_tokens: the prefix tokens a token pool skips at this layer (None: unknown).
+        pre: the tap reads the module's input (a ``"name:in"`` spec).
+
+    Example:
+        >>> from torch import nn
+        >>> from headkit import feature_info
+        >>> info = feature_info(nn.Sequential(nn.Linear(3, 5)), ["0"], (2, 3))["0"]
+        >>> info.shape, info.dtype
+        ((2, 5), torch.float32)
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layer: int | str
+    element: str | None = None
+    num_prefix_tokens: int | None = None
+    pre: bool = False
