@@ -21,7 +21,7 @@ from ._layers.model import TapInfo, default_layers
 from ._layers.tap import LayerTap, feature_info
 from ._layers.truncate import Truncated, truncate_at
 from ._losses import InfoNCELoss, MemoryBank, NTXentLoss, SupConLoss
-from .heads._mlp import MLPHead, ReweightHead
+from .heads import MLPHead, ReweightHead
 from .probe import SweepReport, layer_sweep
 
 __version__ = "0.2.0"

@@ -482,7 +482,7 @@ def test_trainable_reweight_head_training_step_reads_no_device_value() -> None:
 def test_trainable_reweight_head_checks_only_on_meaningful_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import headkit.heads._mlp as H
+    import headkit.heads._reweight as H
 
     calls: list[float] = []
     real = H._dead_count

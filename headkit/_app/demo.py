@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .._errors import HeadkitError
 from .._losses import NTXentLoss
-from ..heads._mlp import MLPHead, ReweightHead
+from ..heads import MLPHead, ReweightHead
 from .demo_data import DisruptedDigits, augment, disrupted_digits, drop_right
 
 __all__ = ["DemoResult", "Encoder", "make_encoder", "run_demo", "train_simclr"]

@@ -174,6 +174,16 @@ class KernelOp:
             out[i] = g
         return out
 
+    def _restore(self, ctx: Any) -> tuple[tuple[Any, ...], tuple[Tensor, ...]]:
+        """The inputs (tensors from the saved ones, the rest from ``ctx.consts``) and the saved
+        outputs of a backward's context."""
+        saved = ctx.saved_tensors
+        n = len(self.tensor_inputs)
+        inputs = list(ctx.consts)
+        for i, t in zip(self.tensor_inputs, saved[:n], strict=True):
+            inputs[i] = t
+        return tuple(inputs), tuple(saved[n:])
+
     def _make_function(self) -> type[torch.autograd.Function]:
         op = self
 
@@ -193,17 +203,17 @@ class KernelOp:
 
             @staticmethod
             def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-                saved = ctx.saved_tensors
-                n = len(op.tensor_inputs)
-                inputs = list(ctx.consts)
-                for i, t in zip(op.tensor_inputs, saved[:n], strict=True):
-                    inputs[i] = t
+                inputs, saved = op._restore(ctx)
                 if ctx.aliased and op.alias is not None:
-                    inputs[op.alias[1]] = inputs[op.alias[0]]
+                    inputs = (
+                        *inputs[: op.alias[1]],
+                        inputs[op.alias[0]],
+                        *inputs[op.alias[1] + 1 :],
+                    )
                 dg = tuple(grads[i] for i in op.diff_outputs)
                 if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-                    return tuple(op._dense_grads(tuple(inputs), dg, ctx.aliased))
-                return tuple(op._grads(dg, tuple(inputs), tuple(saved[n:]), ctx.aliased))
+                    return tuple(op._dense_grads(inputs, dg, ctx.aliased))
+                return tuple(op._grads(dg, inputs, saved, ctx.aliased))
 
         _Eager.__name__ = _Eager.__qualname__ = f"_{self.name}_fn"
         return _Eager
@@ -253,12 +263,8 @@ class KernelOp:
             ctx.mark_non_differentiable(*(output[i] for i in op.nondiff_outputs))
 
         def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-            saved = ctx.saved_tensors
-            n = len(op.tensor_inputs)
-            inputs = list(ctx.consts)
-            for i, t in zip(op.tensor_inputs, saved[:n], strict=True):
-                inputs[i] = t
-            raw = bwd(*(grads[i] for i in op.diff_outputs), *saved[n:], *inputs)
+            inputs, saved = op._restore(ctx)
+            raw = bwd(*(grads[i] for i in op.diff_outputs), *saved, *inputs)
             out: list[Tensor | None] = [None] * len(inputs)
             for pos, g in zip(op.grad_inputs, raw, strict=True):
                 out[pos] = g if inputs[pos] is not None else None
