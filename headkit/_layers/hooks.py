@@ -41,6 +41,7 @@ __all__ = [
     "copy_module_tree",
     "detach",
     "in_backward",
+    "pick_call",
     "ran_twice",
     "strip_tap_hooks",
 ]
@@ -272,6 +273,30 @@ class TapState:
 
     def _complete(self) -> bool:
         return all(self.counts.get(s, 0) >= n for s, n in self.need.items())
+
+
+def pick_call(
+    who: str, name: str, call: int | None, n: int, note: str = "", *, static: bool = False
+) -> int:
+    """The position of call ``call`` (negative: from the end) among the ``n`` calls of module
+    ``name`` in one forward; ``call=None`` is the only call, and raises when there are several
+    (a shared or weight-tied module: ``note`` may say where it is registered). ``static``: ``n``
+    was read from the model's structure, not counted in a forward."""
+    ran = "runs" if static else "ran"
+    if call is None:
+        if n > 1:
+            raise HeadkitError(
+                f"{who}: module {name!r} {ran} {n} times in one forward (a shared or weight-tied "
+                f"module{note}); say which call to cut at: call=0 (the first), call=-1 (the "
+                f"last), or '{name}@-1'"
+            )
+        return 0
+    k = call + n if call < 0 else call
+    if not 0 <= k < n:
+        raise HeadkitError(
+            f"{who}: call {call} of {name!r}, which {ran} {n} time(s) in one forward"
+        )
+    return k
 
 
 def ran_twice(slot: Slot, n: int) -> HeadkitError:

@@ -10,7 +10,7 @@ default (`default_layers`) and how a checkpoint maps onto it (`load_checkpoint`)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .._errors import HeadkitError, closest
 
 __all__ = [
+    "WRAPPER_PREFIXES",
     "Call",
     "Hint",
     "LayerSpec",
@@ -31,10 +32,13 @@ __all__ = [
     "default_layers",
     "has_index_semantics",
     "is_compiled",
+    "library",
     "num_indices",
     "num_prefix_tokens",
+    "pad_token_id",
     "parse_targets",
     "resolve",
+    "strip_wrapper_prefix",
     "unwrap",
     "wrappers",
 ]
@@ -220,6 +224,20 @@ def canonical_name(name: str) -> str:
     return ".".join(p for p in name.split(".") if p not in _WRAPPER_SEGMENTS)
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+
+
+def strip_wrapper_prefix(name: str, known: Container[str]) -> str:
+    """``name`` without the leading prefixes that wrappers add to names and state-dict keys
+    (``module.``, ``_orig_mod.``), where ``name`` itself is not in ``known`` and the rest is."""
+    while name not in known:
+        wrap = next((w for w in WRAPPER_PREFIXES if name.startswith(w)), None)
+        if wrap is None or name[len(wrap) :] not in known:
+            return name
+        name = name[len(wrap) :]
+    return name
+
+
 def module_names(model: nn.Module) -> dict[str, str]:
     """``{name as a user writes it: real name}`` for every named submodule."""
     out: dict[str, str] = {}
@@ -259,7 +277,9 @@ def resolve(model: nn.Module, spec: object) -> list[tuple[LayerSpec, int | str]]
     table = module_names(model)
     names = [n for n, _ in model.named_modules() if n]
     if _GLOB.search(spec):
-        rx = _glob_regex(spec[7:] if spec.startswith("module.") else spec)
+        rx = _glob_regex(
+            next((spec[len(w) :] for w in WRAPPER_PREFIXES if spec.startswith(w)), spec)
+        )
         hits = [n for n in names if rx.match(n) or rx.match(canonical_name(n))]
         if not hits:
             raise HeadkitError(
@@ -267,9 +287,7 @@ def resolve(model: nn.Module, spec: object) -> list[tuple[LayerSpec, int | str]]
                 f"closest names: {closest(spec.replace('*', ''), names)} ({_names_hint(model)})"
             )
         return [(canonical_name(h), h) for h in hits]
-    name = spec
-    if name not in table and name.startswith("module.") and name[7:] in table:
-        name = name[7:]
+    name = strip_wrapper_prefix(spec, table)
     if name not in table:
         near = closest(name, names)
         raise HeadkitError(
@@ -527,7 +545,15 @@ _BLOCK_LIST_NAMES = frozenset(
 _VISION_TOWERS = ("visual", "vision_model", "vision_tower", "image_encoder", "vision_encoder")
 
 
-def _library(model: nn.Module) -> str:
+def pad_token_id(model: nn.Module) -> int | None:
+    """The padding id of a Hugging Face text model (``config.pad_token_id``), or None."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) else None
+
+
+def library(model: nn.Module) -> str:
+    """The top-level package of the model's class: ``"timm"``, ``"transformers"``,
+    ``"open_clip"``, ``"torchvision"``, ... (``"__main__"`` for a script's own class)."""
     mod = type(model).__module__.split(".", 1)[0]
     return mod
 
@@ -655,7 +681,7 @@ def default_layers(model: nn.Module) -> list[LayerSpec]:
     inner = unwrap(check_module(model, "default_layers"))
     if has_index_semantics(inner):
         return list(range(num_indices(inner)))
-    lib = _library(inner)
+    lib = library(inner)
     if lib in ("transformers", "open_clip"):
         albert = _albert_layers(inner) if lib == "transformers" else None
         if albert:

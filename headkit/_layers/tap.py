@@ -37,6 +37,7 @@ from .model import (
     check_module,
     is_compiled,
     num_prefix_tokens,
+    pad_token_id,
     parse_targets,
     unwrap,
     wrappers,
@@ -191,9 +192,7 @@ class LayerTap:
         if any(st.mask_names):
             with contextlib.suppress(TypeError, ValueError):
                 st.signature = inspect.signature(self.inner.forward)
-        cfg: Any = getattr(self.inner, "config", None)
-        pad = getattr(cfg, "pad_token_id", None)
-        self._pad_id = pad if isinstance(pad, int) else None
+        self._pad_id = pad_token_id(self.inner)
         if self._slots:
             self._register(modules)
 

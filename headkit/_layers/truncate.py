@@ -14,7 +14,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from .._errors import HeadkitError
 from .fx import trace as _trace
 from .fx import within as _within
-from .hooks import copy_module_tree, in_backward
+from .hooks import copy_module_tree, in_backward, pick_call
 from .model import (
     Call,
     Hint,
@@ -23,10 +23,13 @@ from .model import (
     block_lists,
     channel_hint,
     check_module,
-    num_prefix_tokens,
+    library,
+    pad_token_id,
     parse_targets,
+    strip_wrapper_prefix,
     unwrap,
 )
+from .model import num_prefix_tokens as prefix_tokens_of
 from .pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
 from .run import positional_params, timm_options
 
@@ -72,22 +75,8 @@ class _CutState:
             self.stop_at = None
 
     def _index(self, n: int) -> int:
-        c = self.call
-        if c is None:
-            if n > 1:
-                raise HeadkitError(
-                    f"truncate_at: module {self.target!r} ran {n} times in one forward (a shared "
-                    "or weight-tied module); say which call to cut at: call=0 (the first), "
-                    f"call=-1 (the last), or '{self.target}@-1'"
-                )
-            return 0
-        assert isinstance(c, int)
-        k = c + n if c < 0 else c
-        if not 0 <= k < n:
-            raise HeadkitError(
-                f"truncate_at: call {c} of {self.target!r}, which ran {n} time(s) in one forward"
-            )
-        return k
+        assert self.call is None or isinstance(self.call, int)
+        return pick_call("truncate_at", self.target, self.call, n)
 
 
 class _StopHook:
@@ -156,6 +145,11 @@ class _DropKeys:
         self.own = own
         self.dropped = dropped
 
+    @property
+    def known(self) -> frozenset[str]:
+        """Every key of the uncut model below the cut's prefix."""
+        return self.own | self.dropped
+
     def __call__(
         self,
         module: nn.Module,
@@ -171,11 +165,10 @@ class _DropKeys:
         for key in list(state_dict):
             if not key.startswith(prefix):
                 continue
-            rel = key[len(prefix) :]
-            for wrap in ("module.", "_orig_mod."):
-                if rel.startswith(wrap) and rel not in self.own and rel not in self.dropped:
-                    state_dict[prefix + rel[len(wrap) :]] = state_dict.pop(key)
-                    key, rel = prefix + rel[len(wrap) :], rel[len(wrap) :]
+            rel = strip_wrapper_prefix(key[len(prefix) :], self.known)
+            if prefix + rel != key:
+                state_dict[prefix + rel] = state_dict.pop(key)
+                key = prefix + rel
             if rel in self.dropped:
                 del state_dict[key]
                 skipped.append(rel)
@@ -381,17 +374,8 @@ def _cut_node(graph: torch.fx.Graph, t: Target) -> tuple[torch.fx.Node | None, b
     calls = [n for n in graph.nodes if n.op == "call_module"]
     exact = [n for n in calls if n.target == target]
     if exact:
-        if t.call is None and len(exact) > 1:
-            raise HeadkitError(
-                f"truncate_at: module {target!r} runs {len(exact)} times in one forward (a shared "
-                "or weight-tied module); say which call to cut at: call=0 (the first), call=-1 "
-                f"(the last), or '{target}@-1'"
-            )
-        k = 0 if t.call is None else int(t.call)
-        if not -len(exact) <= k < len(exact):
-            raise HeadkitError(
-                f"truncate_at: call {t.call} of {target!r}, which runs {len(exact)} time(s)"
-            )
+        call = None if t.call is None else int(t.call)
+        k = pick_call("truncate_at", target, call, len(exact), static=True)
         node = exact[k]
         if t.pre:
             first = node.args[0] if node.args else None
@@ -622,7 +606,7 @@ def truncate_at(
         "total_params": total,
         "original_keys": original_keys,
         "arg_names": positional_params(inner),
-        "pad_id": _pad_id(inner),
+        "pad_id": pad_token_id(inner),
         "training": inner.training,
     }
     if t.index is not None:
@@ -634,7 +618,7 @@ def truncate_at(
         return Truncated(clone, route="timm", npt=0, hint=None, runner=opts, **common)
     name = str(t.name)
     module = inner.get_submodule(name)
-    npt = num_prefix_tokens if num_prefix_tokens is not None else _npt(inner, name)
+    npt = num_prefix_tokens if num_prefix_tokens is not None else prefix_tokens_of(inner, name)
     common["npt"] = npt
     common["npt_given"] = num_prefix_tokens is not None
     common["hint"] = channel_hint(module, pre=t.pre)
@@ -643,7 +627,7 @@ def truncate_at(
     clone = copy_module_tree(inner)
     if isinstance(clone, nn.Sequential) and name in clone._modules:
         return Truncated(_sequential(clone, t), route="sequential", **common)
-    lib = type(inner).__module__.split(".", 1)[0]
+    lib = library(inner)
     end = _cut_blocks(clone, inner, name) if lib in ("transformers", "open_clip") else None
     if end is not None:
         return _hooked(clone, t, "blocks", common, end=end)
@@ -655,31 +639,14 @@ def truncate_at(
     return _hooked(clone, t, "hook", common)
 
 
-def _npt(inner: nn.Module, name: str) -> int | None:
-    return num_prefix_tokens(inner, name)
-
-
-def _pad_id(inner: nn.Module) -> int | None:
-    pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
-    return pad if isinstance(pad, int) else None
-
-
 def _sequential(inner: nn.Sequential, t: Target) -> nn.Sequential:
     names = list(inner._modules)
     mods = list(inner._modules.values())
     target = inner._modules[str(t.name)]
     positions = [i for i, m in enumerate(mods) if m is target]
-    if len(positions) > 1 and t.call is None:
-        raise HeadkitError(
-            f"truncate_at: module {t.name!r} runs {len(positions)} times in one forward (it is "
-            f"registered under {[names[i] for i in positions]}); say which call to cut at: "
-            f"call=0, call=-1, or '{t.name}@-1'"
-        )
-    k = 0 if t.call is None else int(t.call)
-    if not -len(positions) <= k < len(positions):
-        raise HeadkitError(
-            f"truncate_at: call {t.call} of {t.name!r}, which runs {len(positions)} time(s)"
-        )
+    where = f", registered under {[names[i] for i in positions]}" if len(positions) > 1 else ""
+    call = None if t.call is None else int(t.call)
+    k = pick_call("truncate_at", str(t.name), call, len(positions), where, static=True)
     pos = positions[k]
     end = pos if t.pre else pos + 1
     kept: OrderedDict[str, nn.Module] = OrderedDict()
