@@ -21,10 +21,9 @@ from ._layers.model import TapInfo, default_layers
 from ._layers.tap import LayerTap, feature_info
 from ._layers.truncate import Truncated, truncate_at
 from ._losses import InfoNCELoss, MemoryBank, NTXentLoss, SupConLoss
+from ._version import __version__
 from .heads import MLPHead, ReweightHead
 from .probe import SweepReport, layer_sweep
-
-__version__ = "0.2.0"
 
 __all__ = [
     "HeadkitError",

@@ -22,7 +22,7 @@ _METRICS = ("linear", "knn", "rankme", "unevenness")
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return f"headkit {__version__}"
 
@@ -310,7 +310,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from .._layers.checkpoint import load_checkpoint
-    from .._layers.model import default_layers, num_prefix_tokens
+    from .._layers.model import default_layers, fitting_pool
     from .data import open_images, skipped_message, stratified_sample, stratified_split
     from .zoo import build_model, first_channels
 
@@ -402,16 +402,7 @@ def _sweep(args: argparse.Namespace) -> int:
     hw, why = _choose_size(args.size, src.facts.image_size, mf.input_size, mf.fixed_size)
     layers = [_layer_spec(t) for t in args.layers] if args.layers else default_layers(model)
     layers_text = "given" if args.layers else "default"
-    pool, pool_why = args.pool, "--pool"
-    if pool is None:
-        npt = num_prefix_tokens(model)
-        if npt:
-            pool, pool_why = (
-                "mean",
-                f"mean over the patch tokens: the model has {npt} class/register token(s)",
-            )
-        else:
-            pool, pool_why = "avg", "average over positions"
+    pool, pool_why = (args.pool, "--pool") if args.pool is not None else fitting_pool(model)
 
     def datasets(size: tuple[int, int]) -> tuple[Any, Any]:
         # no resize where the images already have the size: one of another size then raises

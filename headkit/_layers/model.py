@@ -30,6 +30,7 @@ __all__ = [
     "channel_hint",
     "check_module",
     "default_layers",
+    "fitting_pool",
     "has_index_semantics",
     "is_compiled",
     "library",
@@ -761,3 +762,21 @@ class TapInfo:
     element: str | None = None
     num_prefix_tokens: int | None = None
     pre: bool = False
+
+
+def fitting_pool(model: nn.Module) -> tuple[Literal["mean", "avg"], str]:
+    """The pool that fits ``model`` (what ``pool="auto"`` means) and why, in words.
+
+    ``"mean"`` (over the patch tokens, prefix tokens skipped) for a model with class, register
+    or distillation tokens (`num_prefix_tokens` > 0); ``"avg"`` (over every position: the
+    spatial mean of a feature map, the mean of a token sequence) otherwise.
+
+    Example:
+        >>> from torch import nn
+        >>> fitting_pool(nn.Sequential(nn.Conv2d(3, 8, 3)))
+        ('avg', 'average over positions')
+    """
+    npt = num_prefix_tokens(unwrap(model))
+    if npt:
+        return "mean", f"mean over the patch tokens: the model has {npt} class/register token(s)"
+    return "avg", "average over positions"

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._errors import HeadkitError, fmt_shape
+from .model import fitting_pool
 
 __all__ = [
     "POOLS",
@@ -22,19 +23,26 @@ __all__ = [
     "pick_tensor",
 ]
 
-PoolName = Literal["avg", "flatten", "cls", "mean", "cls+mean"]
+PoolName = Literal["auto", "avg", "flatten", "cls", "mean", "cls+mean"]
 Pool = PoolName | Callable[[Tensor], Tensor] | None
 POOLS = ("avg", "flatten", "cls", "mean", "cls+mean")
 
 
-def check_pool(pool: object) -> Pool:
-    """Validate a pool argument."""
+def check_pool(pool: object, model: nn.Module | None = None) -> Pool:
+    """Validate a pool argument; ``"auto"`` becomes the pool that fits ``model``
+    (`fitting_pool`: ``"mean"`` over the patch tokens where it has prefix tokens, else
+    ``"avg"``)."""
     if pool is None or callable(pool):
         return pool
+    if pool == "auto":
+        if model is None:
+            raise HeadkitError('pool="auto" needs the model it is for')
+        return fitting_pool(model)[0]
     if isinstance(pool, str) and pool in POOLS:
         return pool  # type: ignore[return-value]
     raise HeadkitError(
-        f"pool must be None, one of {', '.join(repr(p) for p in POOLS)} or a callable, got {pool!r}"
+        f"pool must be None, 'auto', one of {', '.join(repr(p) for p in POOLS)} or a callable, "
+        f"got {pool!r}"
     )
 
 

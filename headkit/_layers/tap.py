@@ -105,7 +105,9 @@ class LayerTap:
         layers: list of layer specs (a single spec is accepted too).
         pool: None (raw), ``"avg"`` (mean over spatial or token positions), ``"flatten"``,
             ``"cls"`` (class token), ``"mean"`` (patch tokens only: prefix / register tokens
-            excluded, their number read from the model), ``"cls+mean"``, or a callable. Token
+            excluded, their number read from the model), ``"cls+mean"``, ``"auto"`` (the pool
+            that fits the model: ``"mean"`` where it has prefix tokens, else ``"avg"``; the
+            same rule as ``headkit sweep``), or a callable. Token
             means honour the ``attention_mask`` passed with the call. Outputs that are tuples or
             ``ModelOutput``s are pooled on their first tensor (`feature_info` says so).
         detach: record without autograd history. Otherwise gradients flow through the outputs.
@@ -159,7 +161,7 @@ class LayerTap:
         self.inner = unwrap(model)
         self.wrappers = wrappers(model)
         self.compiled = is_compiled(model) or (self.inner is not model and is_compiled(self.inner))
-        self.pool = check_pool(pool)
+        self.pool = check_pool(pool, self.inner)
         self.detach = bool(detach)
         self.stop_early = bool(stop_early)
         self.npt_override = num_prefix_tokens

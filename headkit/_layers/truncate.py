@@ -585,7 +585,7 @@ def truncate_at(
         144
     """
     inner = unwrap(check_module(model, "truncate_at"))
-    pool = check_pool(pool)
+    pool = check_pool(pool, inner)
     if call == "all":
         raise HeadkitError("truncate_at returns one output: call must be None or an int, not 'all'")
     targets = parse_targets(inner, layer, call)

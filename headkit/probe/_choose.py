@@ -462,7 +462,7 @@ def recommend_layer(
     rule: str = "auto",
     views: Iterable[Any] | None = None,
     labels_per_class: int | None = None,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,

@@ -297,7 +297,7 @@ def extract(
     loader: Iterable[Any],
     layers: Sequence[LayerSpec] | LayerSpec | None,
     *,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,
@@ -656,7 +656,7 @@ def extract_features(
     loader: Iterable[Any],
     layers: Sequence[LayerSpec] | LayerSpec | None = None,
     *,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,
@@ -700,7 +700,8 @@ def extract_features(
         loader: an iterable of batches (see above).
         layers: layer specs, as for `LayerTap` (default: the model's default layers: every
             timm index for timm models, the top-level children otherwise).
-        pool: pooling, as for `LayerTap` (default ``"avg"``); outputs are flattened after it.
+        pool: pooling, as for `LayerTap` (default ``"auto"``: the pool that fits the model);
+            outputs are flattened after it.
         device: where to run the model (see above).
         max_samples: stop after this many samples (in total over ranks).
         store: folder for ``<layer>.f32`` files (row-major float32 ``(N, D)``), or None to keep

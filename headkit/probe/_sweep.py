@@ -62,7 +62,7 @@ def layer_sweep(
     layers: Sequence[LayerSpec] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,
