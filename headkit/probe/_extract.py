@@ -444,48 +444,6 @@ def _finish_local(
     return feats, rows
 
 
-class _FileOut:
-    """A writable shared mapping of a preallocated float32 file, flushed and dropped regularly."""
-
-    def __init__(self, path: str, n: int, d: int) -> None:
-        import mmap
-
-        self.path, self.n, self.d = path, n, d
-        size = n * d * 4
-        with open(path, "wb") as fh:
-            fh.truncate(size)
-        self.mm: Any = None
-        if size:
-            with open(path, "r+b") as fh:
-                self.mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_WRITE)
-        self.t = torch.frombuffer(self.mm, dtype=torch.float32).view(n, d) if size else None
-        self.touched = 0
-
-    def write(self, pos: Tensor, rows: Tensor) -> None:
-        if self.t is None or pos.numel() == 0:
-            return
-        self.t.index_copy_(0, pos, rows)
-        self.touched += rows.numel() * 4
-        if self.touched >= 32 << 20:
-            self.drop()
-
-    def drop(self) -> None:
-        import mmap
-
-        self.touched = 0
-        if self.mm is not None:
-            self.mm.flush()
-            if hasattr(mmap, "MADV_DONTNEED"):
-                self.mm.madvise(mmap.MADV_DONTNEED)
-
-    def close(self) -> None:
-        self.drop()
-        self.t = None
-        if self.mm is not None:
-            self.mm.close()
-            self.mm = None
-
-
 def _gather(
     d: Dist,
     sinks: dict[LayerSpec, _Sink],
@@ -547,10 +505,10 @@ def _gather(
     for k, r in local.items():
         dim = width.get(k, 0)
         if folder is not None:
-            out = _FileOut(final_paths[k], total, dim) if write_files else None
-            _gather_rows(d, r, dim, sizes, positions, out.write if out else None)
+            out = FileWriter(final_paths[k], n=total, d=dim) if write_files else None
+            _gather_rows(d, r, dim, sizes, positions, out.write_at if out else None)
             if out is not None:
-                out.close()
+                out.finish()
         else:
             dest = torch.empty(total, dim, device=out_dev or r.device)
 
