@@ -1,5 +1,8 @@
 """The ``headkit`` command as a function: ``main(["sweep", ...])`` is ``headkit sweep ...``.
 
+`main` takes the command's arguments (``demo``, ``sweep``; see ``headkit --help``) and returns
+its exit status.
+
 Returns the exit status: 0 on success, 2 with one line on standard error for bad input.
 
 Example:

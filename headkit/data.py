@@ -14,24 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from ._app.data import (
-    IMAGE_EXTENSIONS,
-    ArrayImages,
-    DataFacts,
-    FolderImages,
-    ImageSource,
-    load_images,
-    open_images,
-)
+from ._app.data import DataFacts, ImageSource, load_images, open_images
 from ._app.demo_data import DisruptedDigits, augment, digits, disrupted_digits, drop_right
 from ._app.draws import stratified_sample, stratified_split
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "ArrayImages",
     "DataFacts",
     "DisruptedDigits",
-    "FolderImages",
     "ImageSource",
     "augment",
     "digits",

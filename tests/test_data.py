@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from headkit import HeadkitError
+from headkit._app.data import ArrayImages, FolderImages
 from headkit.data import (
-    ArrayImages,
-    FolderImages,
     digits,
     disrupted_digits,
     drop_right,

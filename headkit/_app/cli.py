@@ -149,7 +149,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``headkit`` command; returns the exit status."""
+    """Entry point of the ``headkit`` command; returns the exit status.
+
+    Args:
+        argv: the arguments (``["sweep", "--model", ...]``); None reads ``sys.argv``.
+
+    Returns:
+        0 on success; 2 for bad input (one line on standard error); 130 when interrupted.
+
+    Example:
+        >>> from headkit.cli import main
+        >>> main(["sweep", "--model", "timm:resnet18", "--data", "/no/such/folder"])
+        2
+    """
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":

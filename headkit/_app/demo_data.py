@@ -31,8 +31,17 @@ def digits() -> tuple[Tensor, Tensor]:
     Read from the data file inside the scikit-learn wheel (importing scikit-learn itself costs
     seconds); `sklearn.datasets.load_digits` where that file is not found.
 
+    Returns:
+        ``(images, labels)``: a fresh copy each call.
+
     Raises:
         HeadkitError: scikit-learn is not installed.
+
+    Example:
+        >>> from headkit.data import digits
+        >>> x, y = digits()
+        >>> tuple(x.shape), int(y.max())
+        ((1797, 1, 8, 8), 9)
     """
     x, y = _digits_arrays()
     return x.clone(), y.clone()
@@ -74,6 +83,12 @@ class DisruptedDigits:
         x_test: ``(M, 1, 8, 16)`` images made from digits no training image uses.
         right_test: ``(M,)``.
         left_test: ``(M,)``.
+
+    Example:
+        >>> from headkit.data import disrupted_digits
+        >>> d = disrupted_digits(10, 4)
+        >>> tuple(d.x_test.shape), tuple(d.left_train.shape)
+        ((4, 1, 8, 16), (10,))
     """
 
     x_train: Tensor
@@ -130,6 +145,13 @@ def drop_right(views: Tensor, generator: torch.Generator | None = None, p: float
 
     Returns:
         ``(B, C, H, W)`` views.
+
+    Example:
+        >>> import torch
+        >>> from headkit.data import drop_right
+        >>> v = drop_right(torch.ones(3, 1, 8, 16), p=1.0)
+        >>> v[..., 8:].abs().sum().item(), v[..., :8].mean().item()
+        (0.0, 1.0)
     """
     b, _, _, w = views.shape
     gone = torch.rand(b, 1, 1, 1, generator=generator) < p
@@ -150,6 +172,13 @@ def augment(x: Tensor, generator: torch.Generator | None = None, drop: float = 0
 
     Returns:
         ``(B, C, H, W)`` views.
+
+    Example:
+        >>> import torch
+        >>> from headkit.data import augment
+        >>> g = torch.Generator().manual_seed(0)
+        >>> augment(torch.rand(4, 1, 8, 8), g).shape
+        torch.Size([4, 1, 8, 8])
     """
     b, _, h, w = x.shape
     g = generator
