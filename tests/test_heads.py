@@ -13,7 +13,9 @@ import headkit
 from headkit import HeadkitError, MLPHead, ReweightHead
 from headkit.heads import from_lightly
 
-lightly_heads = pytest.importorskip("lightly.models.modules.heads")
+from ._optional import Optional
+
+lightly_heads = Optional("lightly.models.modules.heads")
 
 SMALL = {"input_dim": 12, "hidden_dim": 20, "output_dim": 6}
 

@@ -19,8 +19,10 @@ from torch import distributed as dist
 
 from headkit import HeadkitError, MemoryBank, MLPHead, NTXentLoss, SupConLoss
 
-lightly_loss = pytest.importorskip("lightly.loss")
-lightly_heads = pytest.importorskip("lightly.models.modules.heads")
+from ._optional import Optional
+
+lightly_loss = Optional("lightly.loss")
+lightly_heads = Optional("lightly.models.modules.heads")
 
 
 # ----------------------------------------------------------------------------- NTXentLoss
@@ -196,7 +198,7 @@ def test_memory_bank_forward_sequence() -> None:
 
 
 def test_memory_bank_equals_lightlys_module() -> None:
-    from lightly.models.modules.memory_bank import MemoryBankModule
+    MemoryBankModule = pytest.importorskip("lightly.models.modules.memory_bank").MemoryBankModule
 
     torch.manual_seed(5)
     theirs = MemoryBankModule(size=(7, 3), feature_dim_first=False)

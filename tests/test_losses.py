@@ -16,8 +16,9 @@ from headkit import HeadkitError, InfoNCELoss, NTXentLoss, SupConLoss
 from headkit.ops import info_nce, nt_xent, reweight_normalize, sup_con
 
 from ._dense import info_nce_dense, nt_xent_dense, sup_con_dense
+from ._optional import Optional
 
-lightly_loss = pytest.importorskip("lightly.loss")
+lightly_loss = Optional("lightly.loss")
 
 
 @contextmanager
