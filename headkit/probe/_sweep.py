@@ -82,9 +82,9 @@ def layer_sweep(
 
     Extracts the features of all ``layers`` in one pass per loader (`extract_features`), then
     computes per layer the metrics of the registry (`METRICS`): ``linear`` (`linear_probe`) and
-    ``knn`` (`knn_accuracy`) need labels and get a 95% interval from a bootstrap over the test
-    samples, paired across layers (the same resamples for every layer), and the set of layers
-    tied with the best; the label-free ``rankme``, ``unevenness`` (alias ``spectrum``),
+    ``knn`` (`knn_accuracy`) need labels and get a 95% interval (Wilson score: never of width 0,
+    also at 0% and 100%) and the set of layers tied with the best, from a bootstrap over the
+    test samples paired across layers (the same resamples for every layer); the label-free ``rankme``, ``unevenness`` (alias ``spectrum``),
     ``alpha_req`` and ``nesum`` are computed on every sample of ``train_loader``; ``lidar`` on the
     augmented views of ``views``. Without a ``test_loader`` a seeded ``test_fraction`` of the
     training samples is held out for the labelled metrics. Layers may include taps inside a
@@ -339,3 +339,4 @@ def _labelled(
             ties[m] = [keys[i] for i in boot.tied(boot.point)]
     if n_boot > 0:
         info["bootstrap"] = {"n_boot": n_boot, "seed": seed, "level": 0.95, "paired": True}
+        info["intervals"] = "95% Wilson score interval of each accuracy; ties: paired bootstrap"
