@@ -519,6 +519,39 @@ def channel_hint(module: nn.Module, *, pre: bool = False) -> Hint:
     return frozenset(first), frozenset(last)
 
 
+#: Libraries whose modules all give batch-first outputs.
+BATCH_FIRST_LIBRARIES = ("timm", "transformers")
+
+
+def declared_layout(model: nn.Module, name: str | None) -> bool | None:
+    """Whether the outputs (and inputs) of module ``name`` are batch-first, as the model says.
+
+    Never guessed from sizes: ``True`` for timm and Hugging Face models (batch-first by
+    design), and for a model in which no module has ``batch_first=False`` (every PyTorch layer
+    without the attribute is batch-first); otherwise the ``batch_first`` of the modules inside
+    ``name`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``'s ``self_attn``, RNNs,
+    open_clip's ``Transformer``), when they agree. None when they disagree, or when only
+    modules outside ``name`` declare one (in an older open_clip model the MLP of a block
+    receives tokens first, ``ln_pre`` batch first): the caller must say.
+    """
+    if _library(model) in BATCH_FIRST_LIBRARIES:
+        return True
+    flags = {
+        m.batch_first for m in model.modules() if isinstance(getattr(m, "batch_first", None), bool)
+    }
+    if False not in flags:
+        return True
+    if name is None:
+        return None
+    sub = dict(model.named_modules()).get(name)
+    if sub is None:
+        return None
+    own = {
+        m.batch_first for m in sub.modules() if isinstance(getattr(m, "batch_first", None), bool)
+    }
+    return own.pop() if len(own) == 1 else None
+
+
 # ----------------------------------------------------------------------------- block lists
 
 _BLOCK_LIST_NAMES = frozenset(

@@ -25,13 +25,22 @@ from ._model import (
     Target,
     channel_hint,
     check_module,
+    declared_layout,
     is_compiled,
     num_prefix_tokens,
     parse_targets,
     unwrap,
     wrappers,
 )
-from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix, pick_tensor
+from ._pool import (
+    Pool,
+    PoolContext,
+    apply_pool,
+    check_batch_first,
+    check_pool,
+    needs_prefix,
+    pick_tensor,
+)
 
 __all__ = ["LayerTap", "TapInfo", "copy_module_tree", "feature_info", "strip_tap_hooks"]
 
@@ -413,6 +422,12 @@ class LayerTap:
             not say (it is read from the model otherwise).
         call: which call of a module that runs several times to read, for specs without ``@``:
             None (it must run once), an int (negative from the end) or ``"all"``.
+        batch_first: the layout of 3-D outputs for the pools: True ``(B, T, C)``, False
+            ``(T, B, C)``. None: as the model declares it (`declared_layout`: timm and Hugging
+            Face models, the ``batch_first`` of ``nn.MultiheadAttention`` /
+            ``nn.TransformerEncoderLayer`` / open_clip blocks inside the layer, batch-first when
+            no module declares one); never guessed: an undeclared layout whose batch size equals
+            its number of tokens is refused, asking for this argument.
 
     Shapes:
         ``tap(x)`` -> dict of tensors: ``(B, C, H, W)`` / ``(B, T, C)`` raw, ``(B, C)`` pooled.
@@ -441,6 +456,7 @@ class LayerTap:
         stop_early: bool = True,
         num_prefix_tokens: int | None = None,
         call: Call = None,
+        batch_first: bool | None = None,
     ) -> None:
         model = check_module(model, "LayerTap")
         specs: list[LayerSpec] = [layers] if isinstance(layers, (int, str)) else list(layers)
@@ -462,6 +478,7 @@ class LayerTap:
         self.detach = bool(detach)
         self.stop_early = bool(stop_early)
         self.npt_override = num_prefix_tokens
+        self.batch_first = check_batch_first(batch_first)
         self.call = call
         self.specs = specs
         self.targets: list[Target] = []
@@ -475,7 +492,7 @@ class LayerTap:
         self._state = _TapState(self)
         self._handles: list[RemovableHandle] = []
         self._outputs = _Outputs(self)
-        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None]] = {}
+        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None, bool | None]] = {}
         self._fsdp = _has_fsdp(model)
         self._through = self._fsdp or (
             not self.compiled and any(isinstance(w, nn.DataParallel) for w in self.wrappers)
@@ -808,6 +825,7 @@ class LayerTap:
             if t.index is not None:
                 npt: int | None = 0
                 hint = None
+                layout: bool | None = True
             else:
                 assert t.name is not None
                 npt = (
@@ -816,8 +834,11 @@ class LayerTap:
                     else num_prefix_tokens(self.inner, t.name)
                 )
                 hint = channel_hint(st.modules[t.slot], pre=t.pre)
-            self._ctx_cache[t.key] = (npt, hint)
-        npt, hint = self._ctx_cache[t.key]
+                layout = declared_layout(self.inner, t.name)
+            if self.batch_first is not None:
+                layout = self.batch_first
+            self._ctx_cache[t.key] = (npt, hint, layout)
+        npt, hint, layout = self._ctx_cache[t.key]
         return PoolContext(
             npt=npt,
             mask=st.mask,
@@ -827,6 +848,7 @@ class LayerTap:
             input_ids=st.input_ids,
             hint=hint,
             npt_given=self.npt_override is not None,
+            batch_first=layout,
         )
 
     def _finish_all(self, raw: dict[Target | int, Any]) -> dict[LayerSpec, Any]:
@@ -1023,6 +1045,7 @@ class LayerTap:
             stop_early=self.stop_early,
             num_prefix_tokens=self.npt_override,
             call=self.call,
+            batch_first=self.batch_first,
         )
         raw_tap = LayerTap(model, self.specs, detach=True, call=self.call) if self.pool else tap
         try:

@@ -23,11 +23,12 @@ from ._model import (
     block_lists,
     channel_hint,
     check_module,
+    declared_layout,
     num_prefix_tokens,
     parse_targets,
     unwrap,
 )
-from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
+from ._pool import Pool, PoolContext, apply_pool, check_batch_first, check_pool, needs_prefix
 from ._tap import _in_backward, copy_module_tree
 
 __all__ = ["Truncated", "truncate_at"]
@@ -251,6 +252,7 @@ class Truncated(nn.Module):
         pad_id: int | None = None,
         training: bool = True,
         npt_given: bool = False,
+        layout: bool | None = True,
     ) -> None:
         super().__init__()
         # the implementation's modules, parameters and buffers ARE the cut's (one dict each):
@@ -267,6 +269,7 @@ class Truncated(nn.Module):
         self.npt = npt
         self.npt_given = npt_given
         self.hint = hint
+        self.layout = layout
         self.total_params = total_params
         self.runner = runner
         self.state = state
@@ -351,12 +354,9 @@ class Truncated(nn.Module):
         bound.update(kwargs)
         mask = bound.get("attention_mask")
         ids = bound.get("input_ids")
+        # the batch size stays symbolic (no int()): a dynamic batch exports and traces
         batch = next(
-            (
-                int(v.shape[0])
-                for v in (*args, *kwargs.values())
-                if isinstance(v, Tensor) and v.dim()
-            ),
+            (v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()),
             None,
         )
         return PoolContext(
@@ -368,6 +368,7 @@ class Truncated(nn.Module):
             input_ids=ids if isinstance(ids, Tensor) else None,
             hint=self.hint,
             npt_given=self.npt_given,
+            batch_first=self.layout,
         )
 
 
@@ -550,6 +551,7 @@ def truncate_at(
     pool: Pool = None,
     num_prefix_tokens: int | None = None,
     call: Call = None,
+    batch_first: bool | None = None,
 ) -> Truncated:
     """Cut ``model`` at ``layer``: a new module whose forward returns that layer's output.
 
@@ -588,6 +590,9 @@ def truncate_at(
         pool: pooling, as for `LayerTap`.
         num_prefix_tokens: as for `LayerTap`.
         call: which call of a module that runs several times, as for `LayerTap`.
+        batch_first: the layout of a 3-D output for the pool, as for `LayerTap` (None: as the
+            model declares it; an undeclared layout whose batch size equals its number of
+            tokens is refused).
 
     Returns:
         The `Truncated` module (train / eval mode of the original).
@@ -610,6 +615,7 @@ def truncate_at(
     """
     inner = unwrap(check_module(model, "truncate_at"))
     pool = check_pool(pool)
+    batch_first = check_batch_first(batch_first)
     if call == "all":
         raise HeadkitError("truncate_at returns one output: call must be None or an int, not 'all'")
     targets = parse_targets(inner, layer, call)
@@ -650,6 +656,7 @@ def truncate_at(
     common["npt"] = npt
     common["npt_given"] = num_prefix_tokens is not None
     common["hint"] = channel_hint(module, pre=t.pre)
+    common["layout"] = batch_first if batch_first is not None else declared_layout(inner, name)
     # every route works on a copy of the module tree (the same parameters and buffers): the
     # cut's train()/eval() and hooks never reach the user's modules
     clone = copy_module_tree(inner)
