@@ -91,6 +91,12 @@ class _CutState:
         return k
 
 
+def _exporting() -> bool:
+    """Inside ``torch.export`` (where the forward must end normally)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
 class _StopHook:
     """Forward hook (or forward-pre hook for ``"name:in"``) at the cut."""
 
@@ -116,6 +122,9 @@ class _StopHook:
         n = st.count
         st.count += 1
         if st.stop_at is not None and n == st.stop_at:
+            if _exporting():  # an exception through the modules breaks torch.export's tracing
+                st.values[n] = value
+                return
             raise _CutStop(value)
         if st.calibrating:
             st.values[n] = value
@@ -196,6 +205,9 @@ class _LoadResult(_IncompatibleKeys):
         return f"{base[:-1]}, skipped_keys={len(self.skipped_keys)} keys of the removed part>"
 
     __str__ = __repr__
+
+
+_NO_INPUT: Any = type("_NoInput", (), {"__repr__": lambda self: "<no input>"})()
 
 
 class Truncated(nn.Module):
@@ -306,7 +318,14 @@ class Truncated(nn.Module):
             f"{self.total_params:,} parameters"
         )
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, x: Any = _NO_INPUT, *args: Any, **kwargs: Any) -> Any:
+        """The layer's output (pooled as asked) for the model's inputs.
+
+        The first input is named ``x`` (any model's first positional input), so a dynamic batch
+        exports as ``torch.export.export(cut, (x,), dynamic_shapes={"x": {0: Dim("batch")}})``.
+        """
+        if x is not _NO_INPUT:
+            args = (x, *args)
         impl = self._impl
         if self.route == "timm":
             out = impl.forward_intermediates(*args, **kwargs, **self.runner)[0]
@@ -334,6 +353,10 @@ class Truncated(nn.Module):
             pass
         finally:
             calibrating, st.calibrating = st.calibrating, False
+        if not calibrating and st.stop_at is not None and st.stop_at in st.values:
+            value = st.values.pop(st.stop_at)  # torch.export: the forward ran to its end
+            st.values = {}
+            return value
         if not calibrating:
             raise HeadkitError(
                 f"truncate_at: {self.target.describe()} ran {st.count} time(s), not the call to "
