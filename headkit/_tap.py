@@ -1200,6 +1200,7 @@ def feature_info(
     dtype: torch.dtype = torch.float32,
     num_prefix_tokens: int | None = None,
     call: Call = None,
+    batch_first: bool | None = None,
 ) -> dict[LayerSpec, TapInfo]:
     """Shape and dtype of every tap of ``model`` from a dry run on the meta device.
 
@@ -1215,6 +1216,7 @@ def feature_info(
         dtype: input dtype (``torch.long`` for token ids).
         num_prefix_tokens: as for `LayerTap`.
         call: as for `LayerTap`.
+        batch_first: the layout of 3-D outputs, as for `LayerTap`.
 
     Returns:
         ``{spec: TapInfo}``.
@@ -1232,6 +1234,7 @@ def feature_info(
         pool=pool,
         num_prefix_tokens=num_prefix_tokens,
         call=call,
+        batch_first=batch_first,
     )
     try:
         return tap.describe(input_shape, dtype)
