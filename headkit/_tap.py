@@ -423,11 +423,12 @@ class LayerTap:
         call: which call of a module that runs several times to read, for specs without ``@``:
             None (it must run once), an int (negative from the end) or ``"all"``.
         batch_first: the layout of 3-D outputs for the pools: True ``(B, T, C)``, False
-            ``(T, B, C)``. None: as the model declares it (`declared_layout`: timm and Hugging
-            Face models, the ``batch_first`` of ``nn.MultiheadAttention`` /
-            ``nn.TransformerEncoderLayer`` / open_clip blocks inside the layer, batch-first when
-            no module declares one); never guessed: an undeclared layout whose batch size equals
-            its number of tokens is refused, asking for this argument.
+            ``(T, B, C)``. None: as the model declares it (timm and Hugging Face models are
+            batch-first; else the ``batch_first`` of the ``nn.MultiheadAttention`` /
+            ``nn.TransformerEncoderLayer`` / RNN / open_clip modules inside the layer;
+            batch-first when no module of the model says ``batch_first=False``). Never guessed
+            from sizes: a 3-D output whose layout the model does not declare is refused, asking
+            for this argument.
 
     Shapes:
         ``tap(x)`` -> dict of tensors: ``(B, C, H, W)`` / ``(B, T, C)`` raw, ``(B, C)`` pooled.

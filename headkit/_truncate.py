@@ -614,8 +614,7 @@ def truncate_at(
         num_prefix_tokens: as for `LayerTap`.
         call: which call of a module that runs several times, as for `LayerTap`.
         batch_first: the layout of a 3-D output for the pool, as for `LayerTap` (None: as the
-            model declares it; an undeclared layout whose batch size equals its number of
-            tokens is refused).
+            model declares it; a layout it does not declare is refused, never guessed).
 
     Returns:
         The `Truncated` module (train / eval mode of the original).
