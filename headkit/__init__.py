@@ -17,8 +17,9 @@ from __future__ import annotations
 from . import cli, data, heads, ops, probe
 from ._errors import HeadkitError
 from ._layers.checkpoint import LoadReport, load_checkpoint
+from ._layers.info import feature_info
 from ._layers.model import TapInfo, default_layers
-from ._layers.tap import LayerTap, feature_info
+from ._layers.tap import LayerTap
 from ._layers.truncate import Truncated, truncate_at
 from ._losses import InfoNCELoss, MemoryBank, NTXentLoss, SupConLoss
 from ._version import __version__

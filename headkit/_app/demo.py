@@ -339,7 +339,7 @@ def _run(
     interval = (
         f"mean and 95% t-interval over {seeds} seeds"
         if seeds > 1
-        else "one seed; 95% paired-bootstrap interval over the test images"
+        else "one seed; 95% Wilson interval over the test images"
     )
     say("")
     say(f"Right digit (disrupted by augmentation), {lin.display} by layer ({interval}):")

@@ -18,6 +18,7 @@ __all__ = [
     "Pool",
     "PoolContext",
     "apply_pool",
+    "check_batch_first",
     "check_pool",
     "needs_prefix",
     "pick_tensor",
@@ -46,6 +47,13 @@ def check_pool(pool: object, model: nn.Module | None = None) -> Pool:
     )
 
 
+def check_batch_first(batch_first: object) -> bool | None:
+    """Validate a ``batch_first=`` argument (None: as the model declares it)."""
+    if batch_first is None or isinstance(batch_first, bool):
+        return batch_first
+    raise HeadkitError(f"batch_first must be True, False or None, got {batch_first!r}")
+
+
 def needs_prefix(pool: Pool) -> bool:
     """Whether the pool reads the class token."""
     return pool in ("cls", "cls+mean")
@@ -65,6 +73,10 @@ class PoolContext:
         input_ids: the ``input_ids`` of the call (only read when no mask was passed).
         hint: ``(first, last)`` channel sizes of the layer's weight layers (`channel_hint`).
         npt_given: ``npt`` was passed by the user (``num_prefix_tokens=``), not read.
+        batch_first: the layout of a 3-D output: True ``(B, T, C)``, False ``(T, B, C)``
+            (given with ``batch_first=`` or declared by the model, `declared_layout`), None
+            unknown: read from the batch size where that cannot be confused with the number of
+            tokens, refused where it can.
     """
 
     npt: int | None = 0
@@ -75,6 +87,7 @@ class PoolContext:
     input_ids: Tensor | None = None
     hint: tuple[frozenset[int], frozenset[int]] | None = None
     npt_given: bool = False
+    batch_first: bool | None = True
 
 
 def pick_tensor(out: Any) -> tuple[Any, str | None]:
@@ -102,9 +115,27 @@ def _is_prefix_pair(out: Any) -> bool:
 
 
 def _batch_first(t: Tensor, ctx: PoolContext, key: object) -> Tensor:
-    """``(T, B, C)`` outputs (``batch_first=False`` transformers) turned to ``(B, T, C)``."""
+    """``(T, B, C)`` outputs (``batch_first=False`` transformers) turned to ``(B, T, C)``.
+
+    The layout of a 3-D output is the one the model declares or the caller gives
+    (``ctx.batch_first``), never guessed from sizes (the input of a token-first model has its
+    tokens first too, and the batch size may equal the number of tokens): an unknown layout is
+    refused, asking for ``batch_first=``. Sizes stay symbolic (no ``int()``), so a dynamic batch
+    exports.
+    """
+    if t.dim() == 3:
+        if ctx.batch_first is None:
+            raise HeadkitError(
+                f"layer {key!r} gives {fmt_shape(t.shape)} and the model does not say whether its "
+                "batch comes first (modules of the model declare batch_first=False, none inside "
+                "this layer); pass batch_first=True for (B, T, C) outputs or batch_first=False "
+                "for (T, B, C)"
+            )
+        return t if ctx.batch_first else t.transpose(0, 1)
     b = ctx.batch
-    if b is None or t.dim() < 2 or t.shape[0] == b:
+    if b is None or t.dim() < 2:
+        return t
+    if t.shape[0] == b:
         return t
     if t.shape[1] == b:
         return t.transpose(0, 1)

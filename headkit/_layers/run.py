@@ -13,7 +13,7 @@ from torch import nn
 
 from .._errors import HeadkitError
 from .hooks import detach
-from .model import Target
+from .specs import Target
 
 __all__ = [
     "has_fsdp",

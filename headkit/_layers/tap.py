@@ -32,20 +32,28 @@ from .model import (
     Hint,
     LayerSpec,
     TapInfo,
-    Target,
     channel_hint,
     check_module,
+    declared_layout,
     is_compiled,
     num_prefix_tokens,
     pad_token_id,
-    parse_targets,
     unwrap,
     wrappers,
 )
-from .pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix, pick_tensor
+from .pool import (
+    Pool,
+    PoolContext,
+    apply_pool,
+    check_batch_first,
+    check_pool,
+    needs_prefix,
+    pick_tensor,
+)
 from .run import has_fsdp, index_names, run_indices, signature_params, through_ddp
+from .specs import Target, parse_targets
 
-__all__ = ["LayerTap", "TapInfo", "feature_info"]
+__all__ = ["LayerTap"]
 
 # ----------------------------------------------------------------------------- public types
 
@@ -116,6 +124,13 @@ class LayerTap:
             not say (it is read from the model otherwise).
         call: which call of a module that runs several times to read, for specs without ``@``:
             None (it must run once), an int (negative from the end) or ``"all"``.
+        batch_first: the layout of 3-D outputs for the pools: True ``(B, T, C)``, False
+            ``(T, B, C)``. None: as the model declares it (timm and Hugging Face models are
+            batch-first; else the ``batch_first`` of the ``nn.MultiheadAttention`` /
+            ``nn.TransformerEncoderLayer`` / RNN / open_clip modules inside the layer;
+            batch-first when no module of the model says ``batch_first=False``). Never guessed
+            from sizes: a 3-D output whose layout the model does not declare is refused, asking
+            for this argument.
 
     Shapes:
         ``tap(x)`` -> dict of tensors: ``(B, C, H, W)`` / ``(B, T, C)`` raw, ``(B, C)`` pooled.
@@ -144,6 +159,7 @@ class LayerTap:
         stop_early: bool = True,
         num_prefix_tokens: int | None = None,
         call: Call = None,
+        batch_first: bool | None = None,
     ) -> None:
         model = check_module(model, "LayerTap")
         specs: list[LayerSpec] = [layers] if isinstance(layers, (int, str)) else list(layers)
@@ -165,6 +181,7 @@ class LayerTap:
         self.detach = bool(detach)
         self.stop_early = bool(stop_early)
         self.npt_override = num_prefix_tokens
+        self.batch_first = check_batch_first(batch_first)
         self.call = call
         self.specs = specs
         self.targets: list[Target] = []
@@ -178,7 +195,7 @@ class LayerTap:
         self._state = TapState(self)
         self._handles: list[RemovableHandle] = []
         self._outputs = Outputs(self)
-        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None]] = {}
+        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None, bool | None]] = {}
         self._fsdp = has_fsdp(model)
         self._through = self._fsdp or (
             not self.compiled and any(isinstance(w, nn.DataParallel) for w in self.wrappers)
@@ -497,6 +514,7 @@ class LayerTap:
             if t.index is not None:
                 npt: int | None = 0
                 hint = None
+                layout: bool | None = True
             else:
                 assert t.name is not None
                 npt = (
@@ -505,8 +523,11 @@ class LayerTap:
                     else num_prefix_tokens(self.inner, t.name)
                 )
                 hint = channel_hint(st.modules[t.slot], pre=t.pre)
-            self._ctx_cache[t.key] = (npt, hint)
-        npt, hint = self._ctx_cache[t.key]
+                layout = declared_layout(self.inner, t.name)
+            if self.batch_first is not None:
+                layout = self.batch_first
+            self._ctx_cache[t.key] = (npt, hint, layout)
+        npt, hint, layout = self._ctx_cache[t.key]
         return PoolContext(
             npt=npt,
             mask=st.mask,
@@ -516,6 +537,7 @@ class LayerTap:
             input_ids=st.input_ids,
             hint=hint,
             npt_given=self.npt_override is not None,
+            batch_first=layout,
         )
 
     def _finish_all(self, raw: dict[Target | int, Any]) -> dict[LayerSpec, Any]:
@@ -712,6 +734,7 @@ class LayerTap:
             stop_early=self.stop_early,
             num_prefix_tokens=self.npt_override,
             call=self.call,
+            batch_first=self.batch_first,
         )
         raw_tap = LayerTap(model, self.specs, detach=True, call=self.call) if self.pool else tap
         try:
@@ -737,51 +760,3 @@ class LayerTap:
             f"LayerTap({type(self.inner).__name__}, layers={self.keys}, pool={self.pool!r}, "
             f"detach={self.detach}, stop_early={self.stop_early})"
         )
-
-
-def feature_info(
-    model: nn.Module,
-    layers: Sequence[LayerSpec] | LayerSpec,
-    input_shape: Sequence[int],
-    *,
-    pool: Pool = None,
-    dtype: torch.dtype = torch.float32,
-    num_prefix_tokens: int | None = None,
-    call: Call = None,
-) -> dict[LayerSpec, TapInfo]:
-    """Shape and dtype of every tap of ``model`` from a dry run on the meta device.
-
-    Same as ``LayerTap(model, layers, pool=pool).describe(input_shape, dtype)``. `TapInfo`
-    also says which element of a tuple output a pool reads (Hugging Face blocks) and how many
-    prefix tokens a token pool skips.
-
-    Args:
-        model: the encoder.
-        layers: layer specs, as for `LayerTap`.
-        input_shape: shape of one input batch.
-        pool: pooling, as for `LayerTap`.
-        dtype: input dtype (``torch.long`` for token ids).
-        num_prefix_tokens: as for `LayerTap`.
-        call: as for `LayerTap`.
-
-    Returns:
-        ``{spec: TapInfo}``.
-
-    Example:
-        >>> from torch import nn
-        >>> from headkit import feature_info
-        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        >>> feature_info(net, ["0", "2"], (5, 8))["2"].shape
-        (5, 4)
-    """
-    tap = LayerTap(
-        check_module(model, "feature_info"),
-        layers,
-        pool=pool,
-        num_prefix_tokens=num_prefix_tokens,
-        call=call,
-    )
-    try:
-        return tap.describe(input_shape, dtype)
-    finally:
-        tap.close()

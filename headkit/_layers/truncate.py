@@ -19,19 +19,19 @@ from .model import (
     Call,
     Hint,
     LayerSpec,
-    Target,
     block_lists,
     channel_hint,
     check_module,
+    declared_layout,
     library,
     pad_token_id,
-    parse_targets,
     strip_wrapper_prefix,
     unwrap,
 )
 from .model import num_prefix_tokens as prefix_tokens_of
-from .pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
+from .pool import Pool, PoolContext, apply_pool, check_batch_first, check_pool, needs_prefix
 from .run import positional_params, timm_options
+from .specs import Target, parse_targets
 
 __all__ = ["Truncated", "truncate_at"]
 
@@ -79,6 +79,12 @@ class _CutState:
         return pick_call("truncate_at", self.target, self.call, n)
 
 
+def _exporting() -> bool:
+    """Inside ``torch.export`` (where the forward must end normally)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
 class _StopHook:
     """Forward hook (or forward-pre hook for ``"name:in"``) at the cut."""
 
@@ -104,6 +110,9 @@ class _StopHook:
         n = st.count
         st.count += 1
         if st.stop_at is not None and n == st.stop_at:
+            if _exporting():  # an exception through the modules breaks torch.export's tracing
+                st.values[n] = value
+                return
             raise _CutStop(value)
         if st.calibrating:
             st.values[n] = value
@@ -190,6 +199,9 @@ class _LoadResult(_IncompatibleKeys):
     __str__ = __repr__
 
 
+_NO_INPUT: Any = type("_NoInput", (), {"__repr__": lambda self: "<no input>"})()
+
+
 class Truncated(nn.Module):
     """A model cut at a layer by `truncate_at`: one wrapper type for every route.
 
@@ -244,6 +256,7 @@ class Truncated(nn.Module):
         pad_id: int | None = None,
         training: bool = True,
         npt_given: bool = False,
+        layout: bool | None = True,
     ) -> None:
         super().__init__()
         # the implementation's modules, parameters and buffers ARE the cut's (one dict each):
@@ -260,6 +273,7 @@ class Truncated(nn.Module):
         self.npt = npt
         self.npt_given = npt_given
         self.hint = hint
+        self.layout = layout
         self.total_params = total_params
         self.runner = runner
         self.state = state
@@ -296,7 +310,14 @@ class Truncated(nn.Module):
             f"{self.total_params:,} parameters"
         )
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, x: Any = _NO_INPUT, *args: Any, **kwargs: Any) -> Any:
+        """The layer's output (pooled as asked) for the model's inputs.
+
+        The first input is named ``x`` (any model's first positional input), so a dynamic batch
+        exports as ``torch.export.export(cut, (x,), dynamic_shapes={"x": {0: Dim("batch")}})``.
+        """
+        if x is not _NO_INPUT:
+            args = (x, *args)
         impl = self._impl
         if self.route == "timm":
             out = impl.forward_intermediates(*args, **kwargs, **self.runner)[0]
@@ -324,6 +345,10 @@ class Truncated(nn.Module):
             pass
         finally:
             calibrating, st.calibrating = st.calibrating, False
+        if not calibrating and st.stop_at is not None and st.stop_at in st.values:
+            value = st.values.pop(st.stop_at)  # torch.export: the forward ran to its end
+            st.values = {}
+            return value
         if not calibrating:
             raise HeadkitError(
                 f"truncate_at: {self.target.describe()} ran {st.count} time(s), not the call to "
@@ -344,12 +369,9 @@ class Truncated(nn.Module):
         bound.update(kwargs)
         mask = bound.get("attention_mask")
         ids = bound.get("input_ids")
+        # the batch size stays symbolic (no int()): a dynamic batch exports and traces
         batch = next(
-            (
-                int(v.shape[0])
-                for v in (*args, *kwargs.values())
-                if isinstance(v, Tensor) and v.dim()
-            ),
+            (v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()),
             None,
         )
         return PoolContext(
@@ -361,6 +383,7 @@ class Truncated(nn.Module):
             input_ids=ids if isinstance(ids, Tensor) else None,
             hint=self.hint,
             npt_given=self.npt_given,
+            batch_first=self.layout,
         )
 
 
@@ -526,6 +549,7 @@ def truncate_at(
     pool: Pool = None,
     num_prefix_tokens: int | None = None,
     call: Call = None,
+    batch_first: bool | None = None,
 ) -> Truncated:
     """Cut ``model`` at ``layer``: a new module whose forward returns that layer's output.
 
@@ -564,6 +588,8 @@ def truncate_at(
         pool: pooling, as for `LayerTap`.
         num_prefix_tokens: as for `LayerTap`.
         call: which call of a module that runs several times, as for `LayerTap`.
+        batch_first: the layout of a 3-D output for the pool, as for `LayerTap` (None: as the
+            model declares it; a layout it does not declare is refused, never guessed).
 
     Returns:
         The `Truncated` module (train / eval mode of the original).
@@ -586,6 +612,7 @@ def truncate_at(
     """
     inner = unwrap(check_module(model, "truncate_at"))
     pool = check_pool(pool, inner)
+    batch_first = check_batch_first(batch_first)
     if call == "all":
         raise HeadkitError("truncate_at returns one output: call must be None or an int, not 'all'")
     targets = parse_targets(inner, layer, call)
@@ -622,6 +649,7 @@ def truncate_at(
     common["npt"] = npt
     common["npt_given"] = num_prefix_tokens is not None
     common["hint"] = channel_hint(module, pre=t.pre)
+    common["layout"] = batch_first if batch_first is not None else declared_layout(inner, name)
     # every route works on a copy of the module tree (the same parameters and buffers): the
     # cut's train()/eval() and hooks never reach the user's modules
     clone = copy_module_tree(inner)

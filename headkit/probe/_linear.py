@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .._errors import HeadkitError
 from .._layers.model import LayerSpec
+from ._checks import check_layers
 from ._metrics import check_finite_rows, check_xy, encode_labels
 from ._rows import Rows
 
@@ -241,6 +242,7 @@ def fit_linear(
         )
     if not keys:
         raise HeadkitError("linear_probe needs at least one layer")
+    check_layers(train, train_labels, test, test_labels)
     for k in keys:
         if train[k].n != train_labels.shape[0]:
             raise HeadkitError(

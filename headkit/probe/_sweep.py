@@ -16,6 +16,7 @@ from .._dist import dist_state
 from .._errors import HeadkitError
 from .._layers.model import LayerSpec
 from .._layers.pool import Pool
+from ._checks import check_layers, knn_k_for
 from ._extract import Extracted, extract
 from ._linear import fit_linear, linear_probe
 from ._metrics import encode_labels, knn_predict, moments
@@ -69,7 +70,7 @@ def layer_sweep(
     n_boot: int = 1000,
     roles: Mapping[LayerSpec, str] | None = None,
     probe_kwargs: Mapping[str, Any] | None = None,
-    knn_k: int = 20,
+    knn_k: int | None = None,
     seed: int = 0,
     progress: bool = True,
     amp: bool | torch.dtype = False,
@@ -81,9 +82,9 @@ def layer_sweep(
 
     Extracts the features of all ``layers`` in one pass per loader (`extract_features`), then
     computes per layer the metrics of the registry (`METRICS`): ``linear`` (`linear_probe`) and
-    ``knn`` (`knn_accuracy`) need labels and get a 95% interval from a bootstrap over the test
-    samples, paired across layers (the same resamples for every layer), and the set of layers
-    tied with the best; the label-free ``rankme``, ``unevenness`` (alias ``spectrum``),
+    ``knn`` (`knn_accuracy`) need labels and get a 95% interval (Wilson score: never of width 0,
+    also at 0% and 100%) and the set of layers tied with the best, from a bootstrap over the
+    test samples paired across layers (the same resamples for every layer); the label-free ``rankme``, ``unevenness`` (alias ``spectrum``),
     ``alpha_req`` and ``nesum`` are computed on every sample of ``train_loader``; ``lidar`` on the
     augmented views of ``views``. Without a ``test_loader`` a seeded ``test_fraction`` of the
     training samples is held out for the labelled metrics. Layers may include taps inside a
@@ -110,7 +111,8 @@ def layer_sweep(
         n_boot: bootstrap resamples for the intervals and ties (0 turns them off).
         roles: labels per layer shown in the table, e.g. ``{"head": "post-projection"}``.
         probe_kwargs: arguments of `linear_probe` (``epochs``, ``lrs``, ``seed``, ...).
-        knn_k: neighbours of the kNN metric.
+        knn_k: neighbours of the kNN metric (more than the training samples is refused); None:
+            20, or every training sample when there are fewer (``info["knn"]["k"]`` says).
         seed: seed of the held-out split, the probes (unless ``probe_kwargs`` sets one) and the
             bootstrap.
         progress: progress bars (rank 0 only).
@@ -126,7 +128,9 @@ def layer_sweep(
 
     Raises:
         HeadkitError: unknown metric, labelled metrics without labels, ``lidar`` without views,
-            unknown ``probe_kwargs``, empty loader.
+            unknown ``probe_kwargs``, empty loader, degenerate data of any layer (non-finite or
+            constant features, one class, fewer samples than classes or than ``knn_k``: the one
+            policy of ``docs/probe.md``, "Degenerate data"), before any metric is computed.
 
     Example:
         >>> import torch
@@ -153,7 +157,7 @@ def layer_sweep(
         raise HeadkitError(f"n_boot must be an int >= 0 (0: no intervals), got {n_boot!r}")
     if not 0 < test_fraction < 1:
         raise HeadkitError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if knn_k < 1:
+    if knn_k is not None and knn_k < 1:
         raise HeadkitError(f"knn_k must be >= 1, got {knn_k}")
     labelled = [m for m in names if get_metric(m).needs_labels]
     if "lidar" in names and views is None:
@@ -181,6 +185,7 @@ def layer_sweep(
         **common,
     )
     keys = list(tr.rows)
+    check_layers(tr.rows)  # the one policy of degenerate data (docs/probe.md), every metric
     dev = torch.device(tr.info["device"])  # where the model ran: the probes run there too
     info: dict[str, Any] = {
         "n_unlabelled": tr.n,
@@ -226,7 +231,7 @@ def layer_sweep(
             d=d,
             progress=progress,
         )
-        out["lidar"] = [merge(vs[k]).value() for k in keys]
+        out["lidar"] = [merge(vs[k]).value(layer=k) for k in keys]
         info["n_views_samples"] = next(iter(vs.values()))[0].n
     info["n_boot"] = n_boot if labelled else 0
     info["time_s"] = round(time.perf_counter() - t0, 2)
@@ -257,7 +262,7 @@ def _labelled(
     seed: int,
     test_fraction: float,
     probe_kwargs: Mapping[str, Any] | None,
-    knn_k: int,
+    knn_k: int | None,
     n_boot: int,
     out: dict[str, list[float | None]],
     bounds: dict[str, list[list[float] | None]],
@@ -301,6 +306,7 @@ def _labelled(
         test_rows = {k: r.select(te_idx) for k, r in tr.rows.items()}
         ytr, yte = tr.labels[tr_idx], tr.labels[te_idx]
         info["split"] = f"held out {n_te} of the train loader's {n} samples (seed {seed})"
+    check_layers(train_rows, ytr, test_rows, yte, k=knn_k if "knn" in labelled else None)
     info["n_train"] = int(ytr.shape[0])
     info["n_test"] = int(yte.shape[0])
     correct: dict[str, Tensor] = {}
@@ -314,6 +320,7 @@ def _labelled(
             **{a: kw[a] for a in ("epochs", "batch_size", "lrs", "weight_decays") if a in kw},
         }
     if "knn" in labelled:
+        knn_k = knn_k_for(knn_k, int(ytr.shape[0]))
         classes, ytr_c, (yte_c,) = encode_labels(ytr, yte)
         rows = []
         for k in keys:
@@ -332,3 +339,4 @@ def _labelled(
             ties[m] = [keys[i] for i in boot.tied(boot.point)]
     if n_boot > 0:
         info["bootstrap"] = {"n_boot": n_boot, "seed": seed, "level": 0.95, "paired": True}
+        info["intervals"] = "95% Wilson score interval of each accuracy; ties: paired bootstrap"
