@@ -30,6 +30,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._errors import HeadkitError
+from ._images import IMAGE_EXTENSIONS, conversion_message, display, read_pixels, scan_modes
+from ._images import channels_of, walk_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -48,19 +50,6 @@ __all__ = [
     "stratified_split",
 ]
 
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-    ".pgm",
-)
-
 
 @dataclass(frozen=True)
 class DataFacts:
@@ -73,8 +62,10 @@ class DataFacts:
         classes: class names (folder names, or the label values as text).
         image_size: ``(H, W)`` of the stored images, or None when they differ.
         channels: channels of the stored images (1 or 3).
-        skipped: files left out (not images), relative to the root.
+        skipped: files and folders left out, relative to the root (folders end with ``/``).
         note: anything else worth saying (pixel scaling, memory-mapping).
+        reasons: why each of ``skipped`` was left out (same order).
+        modes: Pillow modes of the images and how many of each (folders only).
     """
 
     source: str
@@ -85,6 +76,8 @@ class DataFacts:
     channels: int
     skipped: list[str] = field(default_factory=list)
     note: str = ""
+    reasons: list[str] = field(default_factory=list)
+    modes: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The facts as plain JSON types."""
@@ -97,6 +90,8 @@ class DataFacts:
             "channels": self.channels,
             "skipped": len(self.skipped),
             "note": self.note,
+            "modes": dict(self.modes),
+            "converted": conversion_message(self.modes),
         }
 
 
@@ -249,8 +244,9 @@ class _Images(Dataset[tuple[Tensor, int]]):
         if img.shape[0] != self.channels:
             if img.shape[0] == 1:
                 img = img.expand(self.channels, -1, -1)
-            elif self.channels == 1:
-                img = img.mean(0, keepdim=True)
+            elif self.channels == 1:  # ITU-R BT.601 luma, as Pillow's convert("L")
+                luma = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype, device=img.device)
+                img = (img * luma.view(3, 1, 1)).sum(0, keepdim=True)
             else:
                 raise HeadkitError(
                     f"images have {img.shape[0]} channels, the model expects {self.channels}"
@@ -263,9 +259,12 @@ class _Images(Dataset[tuple[Tensor, int]]):
 class FolderImages(_Images):
     """Images of a folder ``root/<class>/<image>``, read one by one when asked (streamed).
 
-    Sub-folders inside a class folder are searched too. Files without an image extension are
-    left out (listed in `DataFacts.skipped`); a file with an image extension that cannot be
-    decoded raises a `HeadkitError` that names it when it is read.
+    Sub-folders inside a class folder are searched too, symbolic links followed safely
+    (`headkit._images.walk_folder`). Files without an image extension and hidden files are left
+    out (listed in `DataFacts.skipped`); a file with an image extension that cannot be decoded
+    raises a `HeadkitError` that names it. Every Pillow mode is read at its own scale
+    (`headkit._images.read_pixels`: 16-bit grey divided by 65535, palettes expanded, alpha
+    dropped) or refused with the file named.
     """
 
     def __init__(
@@ -284,21 +283,9 @@ class FolderImages(_Images):
         self.expect_size = expect_size
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        import numpy as np
-        from PIL import Image
-
         path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if self.channels != 1 else "L")
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as err:
-            raise HeadkitError(
-                f"cannot read image {path!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}): "
-                "remove the file or replace it with a readable image"
-            ) from None
-        img = torch.from_numpy(arr.copy())
-        img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)
+        arr = read_pixels(path, 1 if self.channels == 1 else 3)
+        img = torch.from_numpy(arr)
         if (
             self.size is None
             and self.expect_size is not None
@@ -306,10 +293,10 @@ class FolderImages(_Images):
         ):
             h, w = self.expect_size
             raise HeadkitError(
-                f"image {path!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
+                f"image {display(path)!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
                 f"{h}x{w}: pass --size N (size=N) to resize every image to NxN"
             )
-        return self._finish(img.float().div_(255.0)), self.labels[i]
+        return self._finish(img), self.labels[i]
 
 
 class ArrayImages(_Images):
@@ -417,45 +404,33 @@ def open_images(path: str | os.PathLike[str]) -> ImageSource:
 
 
 def _open_folder(root: str) -> ImageSource:
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    loose = [e.name for e in entries if e.is_file()]
+    classes, files, labels, left_out = walk_folder(root)
+    skipped = [p for p, _ in left_out]
+    where = display(root)
     if not classes:
-        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in loose):
+        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in skipped):
             raise HeadkitError(
-                f"{root!r} holds images but no class sub-folders: put each class's images in "
+                f"{where!r} holds images but no class sub-folders: put each class's images in "
                 "its own folder, root/<class>/<image>"
             )
         raise HeadkitError(
-            f"{root!r} has no class sub-folders of images (expected root/<class>/<image>)"
+            f"{where!r} has no class sub-folders of images (expected root/<class>/<image>)"
         )
-    files: list[str] = []
-    labels: list[int] = []
-    skipped = [n for n in loose]
-    for ci, c in enumerate(classes):
-        base = os.path.join(root, c)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for f in sorted(filenames):
-                full = os.path.join(dirpath, f)
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(full)
-                    labels.append(ci)
-                else:
-                    skipped.append(os.path.relpath(full, root))
     if not files:
         raise HeadkitError(
-            f"no images under {root!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+            f"no images under {where!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
             f"found {len(skipped)} other files"
         )
     empty = [c for ci, c in enumerate(classes) if ci not in set(labels)]
     if empty:
         raise HeadkitError(
-            f"class folders without images under {root!r}: {empty[:5]}"
+            f"class folders without images under {where!r}: {[display(c) for c in empty[:5]]}"
             + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             + ": remove them or add images"
         )
-    size, channels = _peek(files)
+    modes, sizes = scan_modes(files)  # headers only: a bad file is named before any work
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    channels = max(channels_of(m) for m in modes)
     facts = DataFacts(
         source=root,
         kind="folder",
@@ -465,6 +440,8 @@ def _open_folder(root: str) -> ImageSource:
         channels=channels,
         skipped=skipped,
         note="streamed from disk",
+        reasons=[why for _, why in left_out],
+        modes=dict(modes),
     )
 
     def make(
@@ -485,27 +462,6 @@ def _open_folder(root: str) -> ImageSource:
         )
 
     return ImageSource(facts, labels, make)
-
-
-def _peek(files: list[str], k: int = 32) -> tuple[tuple[int, int] | None, int]:
-    """Sizes and modes of up to ``k`` images spread over the list (headers only)."""
-    from PIL import Image
-
-    step = max(1, len(files) // k)
-    sizes: set[tuple[int, int]] = set()
-    colour = False
-    for path in files[::step][:k]:
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-                colour = colour or im.mode not in ("L", "1", "I", "I;16", "F")
-        except Exception as err:
-            raise HeadkitError(
-                f"cannot read image {path!r} ({type(err).__name__}): remove the file or replace "
-                "it with a readable image"
-            ) from None
-        sizes.add((h, w))
-    return (next(iter(sizes)) if len(sizes) == 1 else None), (3 if colour else 1)
 
 
 def _npz_member(path: str, key: str) -> Any:
@@ -745,15 +701,23 @@ def load_images(
 def _warn_skipped(facts: DataFacts) -> None:
     if facts.skipped:
         warnings.warn(skipped_message(facts), stacklevel=3)
+    if conversion_message(facts.modes):
+        warnings.warn(f"{display(facts.source)}: {conversion_message(facts.modes)}", stacklevel=3)
 
 
 def skipped_message(facts: DataFacts) -> str:
-    """One line on the files left out of a folder."""
-    shown = ", ".join(facts.skipped[:3])
-    more = f" and {len(facts.skipped) - 3} more" if len(facts.skipped) > 3 else ""
-    return (
-        f"left out {len(facts.skipped)} file(s) under {facts.source!r} that are not images "
-        f"(by extension): {shown}{more}"
+    """One line on the files left out of a folder, grouped by reason (names printable in any
+    locale)."""
+    reasons = facts.reasons or ["not an image (by extension)"] * len(facts.skipped)
+    groups: dict[str, list[str]] = {}
+    for name, why in zip(facts.skipped, reasons, strict=False):
+        groups.setdefault(why, []).append(display(name))
+    parts = []
+    for why, names in groups.items():
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        parts.append(f"{len(names)} {why}: {', '.join(names[:3])}{more}")
+    return f"left out {len(facts.skipped)} file(s) under {display(facts.source)!r}: " + "; ".join(
+        parts
     )
 
 
