@@ -30,8 +30,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ._errors import HeadkitError
-from ._images import IMAGE_EXTENSIONS, conversion_message, display, read_pixels, scan_modes
-from ._images import channels_of, walk_folder
+from ._images import (
+    IMAGE_EXTENSIONS,
+    channels_of,
+    conversion_message,
+    display,
+    read_pixels,
+    scan_modes,
+    walk_folder,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",

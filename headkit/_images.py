@@ -202,9 +202,10 @@ def pixels_of(im: Any, path: str) -> Any:
         out = raw.astype(np.float32)[..., None] / 65535.0
     else:  # "F"
         finite = bool(np.isfinite(raw).all())
-        lo, hi = (float(raw.min(initial=0.0)), float(raw.max(initial=0.0))) if finite else (0, 0)
-        if not finite or lo < 0.0 or hi > 1.0:
-            what = "non-finite values" if not finite else f"values from {lo:g} to {hi:g}"
+        top = float(raw.max(initial=0.0)) if finite else 0.0
+        bottom = float(raw.min(initial=0.0)) if finite else 0.0
+        if not finite or bottom < 0.0 or top > 1.0:
+            what = "non-finite values" if not finite else f"values from {bottom:g} to {top:g}"
             raise _refuse(
                 path, f"32-bit float pixels (mode F) with {what}; float images must be in [0, 1]"
             )

@@ -410,7 +410,7 @@ def test_16_bit_grey_is_not_clipped_and_is_said_once(tmp_path: Path, ext: str) -
     mode = "I" if ext == ".pgm" else "I;16"  # Pillow opens 16-bit PGM as mode I
     assert src.facts.modes == {mode: 6} and src.facts.channels == 1
     msg = conversion_message(src.facts.modes)
-    assert msg.startswith(f"converted 6 ") and "at 1/65535 scale" in msg and f"({mode})" in msg
+    assert msg.startswith("converted 6 ") and "at 1/65535 scale" in msg and f"({mode})" in msg
     x, _ = src.dataset(channels=3)[4]  # b/1
     ref = torch.from_numpy(arrays[("b", 1)] / 65535.0).float()
     assert x.shape == (3, 5, 7)
