@@ -520,8 +520,8 @@ def _load_data(args: argparse.Namespace, say: Any) -> _Data:
     """Open ``--data`` (and ``--test-data``), draw and split; nothing decoded yet."""
     import torch
 
-    from ._data import open_images, skipped_message, stratified_sample, stratified_split
-    from ._images import conversion_message
+    from ._data import open_images, stratified_sample, stratified_split
+    from ._images import conversion_message, skipped_message
 
     src = open_images(args.data)
     if src.facts.skipped:

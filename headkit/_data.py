@@ -37,6 +37,7 @@ from ._images import (
     display,
     read_pixels,
     scan_modes,
+    skipped_message,
     walk_folder,
 )
 
@@ -411,30 +412,7 @@ def open_images(path: str | os.PathLike[str]) -> ImageSource:
 
 
 def _open_folder(root: str) -> ImageSource:
-    classes, files, labels, left_out = walk_folder(root)
-    skipped = [p for p, _ in left_out]
-    where = display(root)
-    if not classes:
-        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in skipped):
-            raise HeadkitError(
-                f"{where!r} holds images but no class sub-folders: put each class's images in "
-                "its own folder, root/<class>/<image>"
-            )
-        raise HeadkitError(
-            f"{where!r} has no class sub-folders of images (expected root/<class>/<image>)"
-        )
-    if not files:
-        raise HeadkitError(
-            f"no images under {where!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-            f"found {len(skipped)} other files"
-        )
-    empty = [c for ci, c in enumerate(classes) if ci not in set(labels)]
-    if empty:
-        raise HeadkitError(
-            f"class folders without images under {where!r}: {[display(c) for c in empty[:5]]}"
-            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            + ": remove them or add images"
-        )
+    classes, files, labels, left_out = walk_folder(root)  # raises where nothing usable
     modes, sizes = scan_modes(files)  # headers only: a bad file is named before any work
     size = next(iter(sizes)) if len(sizes) == 1 else None
     channels = max(channels_of(m) for m in modes)
@@ -445,7 +423,7 @@ def _open_folder(root: str) -> ImageSource:
         classes=classes,
         image_size=size,
         channels=channels,
-        skipped=skipped,
+        skipped=[p for p, _ in left_out],
         note="streamed from disk",
         reasons=[why for _, why in left_out],
         modes=dict(modes),
@@ -710,22 +688,6 @@ def _warn_skipped(facts: DataFacts) -> None:
         warnings.warn(skipped_message(facts), stacklevel=3)
     if conversion_message(facts.modes):
         warnings.warn(f"{display(facts.source)}: {conversion_message(facts.modes)}", stacklevel=3)
-
-
-def skipped_message(facts: DataFacts) -> str:
-    """One line on the files left out of a folder, grouped by reason (names printable in any
-    locale)."""
-    reasons = facts.reasons or ["not an image (by extension)"] * len(facts.skipped)
-    groups: dict[str, list[str]] = {}
-    for name, why in zip(facts.skipped, reasons, strict=False):
-        groups.setdefault(why, []).append(display(name))
-    parts = []
-    for why, names in groups.items():
-        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-        parts.append(f"{len(names)} {why}: {', '.join(names[:3])}{more}")
-    return f"left out {len(facts.skipped)} file(s) under {display(facts.source)!r}: " + "; ".join(
-        parts
-    )
 
 
 @dataclass(frozen=True)

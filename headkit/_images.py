@@ -28,6 +28,7 @@ __all__ = [
     "display",
     "read_pixels",
     "scan_modes",
+    "skipped_message",
     "walk_folder",
 ]
 
@@ -254,6 +255,9 @@ def _key(st: os.stat_result) -> tuple[int, int]:
 def walk_folder(root: str) -> tuple[list[str], list[str], list[int], list[tuple[str, str]]]:
     """Classes, image files, their labels and what was left out (``(relative path, why)``).
 
+    Raises:
+        HeadkitError: no class folders, no images, or a class folder without images.
+
     Symbolic links are followed, safely: each file is taken once (by device and inode; a file
     reached through its own folder wins over a link to it), each folder is read once (no
     loop), and a link to the data folder or to a folder above it is never followed (as a class
@@ -282,7 +286,7 @@ def walk_folder(root: str) -> tuple[list[str], list[str], list[int], list[tuple[
         else:
             skipped.append((e.name, "a broken link" if e.is_symlink() else "not a regular file"))
     if not classes:
-        return [], [], [], skipped
+        _check_found(root, classes, [], [], skipped)
 
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: dict[tuple[int, int], str] = {}
@@ -345,7 +349,38 @@ def walk_folder(root: str) -> tuple[list[str], list[str], list[int], list[tuple[
             else:
                 take(ci, e, r)
     found.sort(key=lambda t: (t[0], t[1]))
-    return classes, [p for _, _, p in found], [ci for ci, _, _ in found], skipped
+    files, labels = [p for _, _, p in found], [ci for ci, _, _ in found]
+    _check_found(root, classes, files, labels, skipped)
+    return classes, files, labels, skipped
+
+
+def _check_found(
+    root: str, classes: list[str], files: list[str], labels: list[int], left_out: list[Any]
+) -> None:
+    """A folder without class folders, without images, or with an empty class is an error."""
+    skipped = [p for p, _ in left_out]
+    where = display(root)
+    if not classes:
+        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in skipped):
+            raise HeadkitError(
+                f"{where!r} holds images but no class sub-folders: put each class's images in "
+                "its own folder, root/<class>/<image>"
+            )
+        raise HeadkitError(
+            f"{where!r} has no class sub-folders of images (expected root/<class>/<image>)"
+        )
+    if not files:
+        raise HeadkitError(
+            f"no images under {where!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+            f"found {len(skipped)} other files"
+        )
+    empty = [c for ci, c in enumerate(classes) if ci not in set(labels)]
+    if empty:
+        raise HeadkitError(
+            f"class folders without images under {where!r}: {[display(c) for c in empty[:5]]}"
+            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            + ": remove them or add images"
+        )
 
 
 def _is_dir(e: os.DirEntry[str]) -> bool:
@@ -360,3 +395,19 @@ def _is_file(e: os.DirEntry[str]) -> bool:
         return e.is_file()
     except OSError:
         return False
+
+
+def skipped_message(facts: Any) -> str:
+    """One line on the files left out of a folder, grouped by reason (names printable in any
+    locale)."""
+    reasons = facts.reasons or ["not an image (by extension)"] * len(facts.skipped)
+    groups: dict[str, list[str]] = {}
+    for name, why in zip(facts.skipped, reasons, strict=False):
+        groups.setdefault(why, []).append(display(name))
+    parts = []
+    for why, names in groups.items():
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        parts.append(f"{len(names)} {why}: {', '.join(names[:3])}{more}")
+    return f"left out {len(facts.skipped)} file(s) under {display(facts.source)!r}: " + "; ".join(
+        parts
+    )
