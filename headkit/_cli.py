@@ -142,10 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--store",
         default=None,
-        help="folder for memory-mapped features (for data larger than memory)",
+        help="folder for memory-mapped features (for data larger than memory); its free space "
+        "is checked before the sweep",
     )
-    s.add_argument("--out", default=None, help="write the report as JSON here")
-    s.add_argument("--plot", default=None, help="write a plot here (needs matplotlib)")
+    s.add_argument(
+        "--out",
+        default=None,
+        help="write the report as JSON here (checked before any work, written atomically)",
+    )
+    s.add_argument(
+        "--plot", default=None, help="write a plot here (.png, .pdf, .svg; needs matplotlib)"
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
