@@ -268,7 +268,9 @@ def walk_folder(root: str) -> tuple[list[str], list[str], list[int], list[tuple[
     skipped: list[tuple[str, str]] = []
     classes: list[str] = []
     class_dirs: dict[str, str] = {}  # real path -> class name
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
+    # real folders before links, so a link to a class folder never takes its name
+    top = sorted(os.scandir(root), key=lambda e: (e.is_symlink(), e.name))
+    for e in top:
         is_dir = _is_dir(e)
         if e.name.startswith("."):
             skipped.append((e.name + ("/" if is_dir else ""), "hidden"))
@@ -285,6 +287,7 @@ def walk_folder(root: str) -> tuple[list[str], list[str], list[int], list[tuple[
             skipped.append((e.name, "not in a class folder"))
         else:
             skipped.append((e.name, "a broken link" if e.is_symlink() else "not a regular file"))
+    classes.sort()
     if not classes:
         _check_found(root, classes, [], [], skipped)
 
@@ -348,7 +351,13 @@ def walk_folder(root: str) -> tuple[list[str], list[str], list[int], list[tuple[
                     walk(ci, e.path, r, follow=True)
             else:
                 take(ci, e, r)
-    found.sort(key=lambda t: (t[0], t[1]))
+    # a linked class whose every file was already taken through its own folder: left out
+    used = {ci for ci, _, _ in found}
+    gone = [c for ci, c in enumerate(classes) if ci not in used and os.path.islink(_j(root, c))]
+    skipped += [(c + "/", "a link to images already taken") for c in gone]
+    keep = {ci: i for i, ci in enumerate(ci for ci, c in enumerate(classes) if c not in gone)}
+    classes = [c for c in classes if c not in gone]
+    found = sorted((keep[ci], r, p) for ci, r, p in found)
     files, labels = [p for _, _, p in found], [ci for ci, _, _ in found]
     _check_found(root, classes, files, labels, skipped)
     return classes, files, labels, skipped
@@ -381,6 +390,10 @@ def _check_found(
             + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             + ": remove them or add images"
         )
+
+
+def _j(a: str, b: str) -> str:
+    return os.path.join(a, b)
 
 
 def _is_dir(e: os.DirEntry[str]) -> bool:

@@ -504,6 +504,7 @@ def test_links_to_files_and_outside_folders_are_followed_once(tmp_path: Path) ->
     _png(outside / "y.png", 50)
     (root / "c").symlink_to(outside, target_is_directory=True)  # a class kept elsewhere
     (root / "alias").symlink_to(root / "a", target_is_directory=True)  # the same folder twice
+    (root / "0_first").symlink_to(root / "b", target_is_directory=True)  # sorts before b
     (root / "a" / "z_link.png").symlink_to(root / "b" / "0.png")  # a file of class b again
     os.link(root / "b" / "1.png", root / "a" / "hard.png")  # a hard link: same inode
     (root / "b" / "more").symlink_to(outside, target_is_directory=True)  # class c's folder again
@@ -518,6 +519,16 @@ def test_links_to_files_and_outside_folders_are_followed_once(tmp_path: Path) ->
     assert src.labels == [0, 0, 0, 1, 2, 2]
     why = _why(src.facts)
     assert "same folder as class 'a'" in why["alias/"]
+    assert "same folder as class 'b'" in why["0_first/"]  # the real folder keeps its name
+
+    # a class that is a link into another class's folder brings nothing new: left out
+    (root / "x_sub").symlink_to(root / "a", target_is_directory=True)
+    (root / "a" / "sub").mkdir()
+    _png(root / "a" / "sub" / "s.png", 90)
+    (root / "y").symlink_to(root / "a" / "sub", target_is_directory=True)
+    src = open_images(root)
+    assert src.facts.classes == ["a", "b", "c"] and src.labels == [0, 0, 0, 0, 1, 2, 2]
+    assert "images already taken" in _why(src.facts)["y/"]
     assert why[os.path.join("a", "z_link.png")] == "the same file as " + os.path.join("b", "0.png")
     assert why[os.path.join("b", "1.png")] == "the same file as " + os.path.join("a", "hard.png")
     assert "already read" in why[os.path.join("b", "more") + "/"]
