@@ -303,9 +303,13 @@ def test_missing_keys_and_classifier_hint(tmp_path: os.PathLike[str]) -> None:
         if not k.startswith("fc.")
     }
     with pytest.raises(HeadkitError, match=r"2 model keys missing.*fc\.weight.*classifier"):
-        load_checkpoint(torchvision.models.resnet18(), sd)
-    report = load_checkpoint(torchvision.models.resnet18(), sd, strict=False)
+        load_checkpoint(torchvision.models.resnet18(), sd, drop_classifier=False)
+    report = load_checkpoint(torchvision.models.resnet18(), sd, strict=False, drop_classifier=False)
     assert report.missing == ["fc.weight", "fc.bias"]
+    # by default a checkpoint without the classifier is a backbone: fc is removed (issue 17)
+    model = torchvision.models.resnet18()
+    report = load_checkpoint(model, sd)
+    assert isinstance(model.fc, nn.Identity) and not report.missing and "fc" in report.removed
 
 
 def test_shape_mismatch_always_raises() -> None:

@@ -7,11 +7,13 @@ misspelled model) prints one line, ``headkit <command>: error: ...``, and exits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .._errors import HeadkitError
@@ -140,10 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--store",
         default=None,
-        help="folder for memory-mapped features (for data larger than memory)",
+        help="folder for memory-mapped features (for data larger than memory); its free space "
+        "is checked before the sweep",
     )
-    s.add_argument("--out", default=None, help="write the report as JSON here")
-    s.add_argument("--plot", default=None, help="write a plot here (needs matplotlib)")
+    s.add_argument(
+        "--out",
+        default=None,
+        help="write the report as JSON here (checked before any work, written atomically)",
+    )
+    s.add_argument(
+        "--plot", default=None, help="write a plot here (.png, .pdf, .svg; needs matplotlib)"
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -162,10 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["sweep", "--model", "timm:resnet18", "--data", "/no/such/folder"])
         2
     """
+    _printable_streams()
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import run_demo
+
+            if not args.no_plot:
+                _check_folder("--out", args.out)
 
             run_demo(
                 seeds=1 if args.smoke else args.seeds,
@@ -294,8 +307,11 @@ def _choose_size(
     return data_hw, why
 
 
-def _trial(model: Any, layers: Any, pool: str, x: Any, dev: Any) -> BaseException | None:
-    """Run the tap once on a couple of images; the error, if the model rejects them."""
+def _trial(
+    model: Any, layers: Any, pool: str, x: Any, dev: Any, dims: dict[str, int] | None = None
+) -> BaseException | None:
+    """Run the tap once on a couple of images; the error, if the model rejects them. ``dims``
+    gets the feature width of each layer (for the ``--store`` size estimate)."""
     import torch
 
     from .._layers.tap import LayerTap
@@ -303,7 +319,12 @@ def _trial(model: Any, layers: Any, pool: str, x: Any, dev: Any) -> BaseExceptio
     tap = LayerTap(model, layers, pool=pool, detach=True)  # type: ignore[arg-type]
     try:
         with torch.no_grad():
-            tap(x.to(dev))
+            out = tap(x.to(dev))
+        if dims is not None:
+            dims.clear()
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0]:
+                    dims[str(k)] = int(v.numel() // v.shape[0])
     except HeadkitError:
         raise
     except Exception as err:
@@ -317,45 +338,237 @@ def _first_line(err: BaseException) -> str:
     return ((str(err).strip().splitlines() or [type(err).__name__])[0])[:200]
 
 
+# ----------------------------------------------------------------------------- output paths
+
+
+def _show(path: str) -> str:
+    """A path as it can be printed in any locale (undecodable bytes as ``\\xNN``)."""
+    from .images import display
+
+    return display(os.fspath(path))
+
+
+def _printable_streams() -> None:
+    """Never fail on printing a name: unencodable characters come out escaped."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):  # an unusual stream: leave it
+                reconfigure(errors="backslashreplace")
+
+
+def _check_writable_file(flag: str, path: str) -> bool:
+    """Check before any work that ``path`` can be written; True when it exists (replaced)."""
+    shown = _show(path)
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise HeadkitError(f"{flag} {shown!r} is a folder; pass a file name, e.g. {flag} report")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise HeadkitError(f"{flag} {shown!r} exists and is not a regular file; pass a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise HeadkitError(
+            f"{flag} {shown!r}: the folder {_show(parent)!r} does not exist; create it first"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HeadkitError(f"{flag} {shown!r}: the folder {_show(parent)!r} is not writable")
+    exists = os.path.isfile(path)
+    if exists and not os.access(path, os.W_OK):
+        raise HeadkitError(f"{flag} {shown!r} exists and is not writable")
+    return exists
+
+
+def _check_folder(flag: str, path: str) -> None:
+    """A folder that exists and is writable, or can be created in a writable parent."""
+    shown = _show(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise HeadkitError(f"{flag} {shown!r} is a file; pass a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise HeadkitError(f"{flag} {shown!r} is not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise HeadkitError(
+            f"{flag} {shown!r} cannot be created: {_show(parent)!r} is not a writable folder"
+        )
+
+
+def _plot_formats() -> set[str]:
+    """The file types matplotlib writes; an error where matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise HeadkitError(
+            '--plot needs matplotlib: pip install "headkit[plot]" (or leave --plot out)'
+        ) from None
+    return set(Figure().canvas.get_supported_filetypes())
+
+
+def _check_outputs(args: argparse.Namespace) -> dict[str, bool]:
+    """Every output path checked before any work: ``{flag: the file exists (replaced)}``."""
+    found: dict[str, bool] = {}
+    if args.out:
+        found["--out"] = _check_writable_file("--out", args.out)
+    if args.plot:
+        found["--plot"] = _check_writable_file("--plot", args.plot)
+        ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
+        kinds = _plot_formats()
+        if ext not in kinds:
+            raise HeadkitError(
+                f"--plot {_show(args.plot)!r}: matplotlib writes {', '.join(sorted(kinds))}; "
+                "end the name with one of them, e.g. sweep.png"
+            )
+    if args.out and args.plot and os.path.abspath(args.out) == os.path.abspath(args.plot):
+        raise HeadkitError(f"--out and --plot are the same file {_show(args.out)!r}")
+    if args.store:
+        _check_folder("--store", args.store)
+    return found
+
+
+def _check_store_space(store: str, n: int, dims: dict[str, int]) -> str:
+    """Refuse before the sweep when the store's free space is below the features' size."""
+    import shutil
+
+    need = 4 * n * sum(dims.values())  # float32 rows
+    where = store
+    while not os.path.exists(where):
+        where = os.path.dirname(os.path.abspath(where))
+    free = shutil.disk_usage(where).free
+    text = f"{need / 2**20:.1f} MiB of features for {n} images, {free / 2**20:.0f} MiB free"
+    if need > free:
+        raise HeadkitError(
+            f"--store {_show(store)!r} needs about {text}: free some space, pass another "
+            "folder, or lower --max-samples"
+        )
+    return text
+
+
+def _write_atomic(path: str, write: Any) -> None:
+    """``write(temporary path)`` in ``path``'s folder, then rename over ``path`` (atomic): a
+    failure never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    base, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp{ext}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _write_atomic(path, write)
+
+
+def _fallback_path(name: str) -> str:
+    """A file in the current folder, or the temporary folder, that does not exist yet."""
+    import tempfile
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in (os.getcwd(), tempfile.gettempdir()):
+        path = os.path.join(folder, f"{name}-{stamp}-{os.getpid()}.json")
+        if os.access(folder, os.W_OK) and not os.path.exists(path):
+            return path
+    return os.path.join(tempfile.gettempdir(), f"{name}-{stamp}-{os.getpid()}.json")
+
+
+def _why_not(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return f"{type(err).__name__}: {_first_line(err)}"
+
+
+# ----------------------------------------------------------------------------- headkit sweep
+
+
+@dataclass
+class _Data:
+    src: Any
+    test_src: Any
+    split_text: str
+    drawn: str
+    train_idx: Any
+    test_idx: Any
+    class_counts: dict[str, list[int]]
+
+
+@dataclass
+class _Setup:
+    hw: tuple[int, int]
+    why: str
+    layers: list[Any]
+    layers_text: str
+    pool: Any
+    pool_why: str
+    channels: int
+    train_ds: Any
+    test_ds: Any
+    dims: dict[str, int]
+
+
 def _sweep(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from .._layers.checkpoint import load_checkpoint
-    from .._layers.model import default_layers, fitting_pool
-    from .data import open_images, skipped_message, stratified_sample, stratified_split
-    from .zoo import build_model, first_channels
-
     t0 = time.time()
+    say = print
     for name in ("--batch-size", "--max-samples", "--size"):
         _check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.workers < 0:
         raise HeadkitError(f"--workers must be >= 0, got {args.workers}")
+    existing = _check_outputs(args)
     dev = _device(args.device)
-    say = print
+    data = _load_data(args, say)
+    model, mf, weights = _build(args, say)
+    model.to(dev)
+    setup = _prepare(args, model, mf, data, dev)
+    _say_setup(args, data, mf, setup, dev, say)
+    report = _run(args, model, data, setup, dev)
+    report.info.update(_info(args, data, setup, weights, dev, time.time() - t0))
+    return _write_outputs(args, report, existing, time.time() - t0, say)
 
-    # ------------------------------------------------------------------ data (first: cheap to check)
+
+def _load_data(args: argparse.Namespace, say: Any) -> _Data:
+    """Open ``--data`` (and ``--test-data``), draw and split; nothing decoded yet."""
+    import torch
+
+    from .data import open_images
+    from .draws import stratified_sample, stratified_split
+    from .images import conversion_message, skipped_message
+
     src = open_images(args.data)
     if src.facts.skipped:
         say(f"warning: {skipped_message(src.facts)}")
+    if conversion_message(src.facts.modes):
+        say(f"images: {conversion_message(src.facts.modes)}")
     test_src = None
     split_text = ""
     if args.test_data:
         if os.path.exists(args.test_data) and os.path.samefile(args.test_data, args.data):
             raise HeadkitError(
-                f"--test-data {args.test_data!r} is --data itself: the probes would be scored "
-                "on the images they were trained on; leave --test-data out to hold out a "
+                f"--test-data {_show(args.test_data)!r} is --data itself: the probes would be "
+                "scored on the images they were trained on; leave --test-data out to hold out a "
                 "stratified 20%"
             )
         test_src = open_images(args.test_data)
         if test_src.facts.skipped:
             say(f"warning: {skipped_message(test_src.facts)}")
+        if conversion_message(test_src.facts.modes):
+            say(f"test images: {conversion_message(test_src.facts.modes)}")
         if test_src.facts.classes != src.facts.classes:
             raise HeadkitError(
-                f"--test-data {args.test_data!r} has classes {test_src.facts.classes[:6]}, "
-                f"--data has {src.facts.classes[:6]}: they must be the same"
+                f"--test-data {_show(args.test_data)!r} has classes "
+                f"{test_src.facts.classes[:6]}, --data has {src.facts.classes[:6]}: they must "
+                "be the same"
             )
-        split_text = f"--test-data {args.test_data}"
+        split_text = f"--test-data {_show(args.test_data)}"
     elif src.test is not None:
         test_src = src.test
         split_text = "the .npz's own x_test/y_test"
@@ -383,8 +596,14 @@ def _sweep(args: argparse.Namespace) -> int:
         "train": torch.bincount(labels[train_idx], minlength=n_classes).tolist(),
         "test": torch.bincount(test_labels, minlength=n_classes).tolist(),
     }
+    return _Data(src, test_src, split_text, drawn, train_idx, test_idx, class_counts)
 
-    # ------------------------------------------------------------------ model and weights
+
+def _build(args: argparse.Namespace, say: Any) -> tuple[Any, Any, str]:
+    """The model, its facts and where its weights came from (``--checkpoint`` loaded)."""
+    from .._layers.checkpoint import load_checkpoint
+    from .zoo import build_model
+
     model, mf = build_model(args.model)
     say(f"model: {args.model}" + (f", {mf.note}" if mf.note else ""))
     weights = "random weights"
@@ -407,9 +626,18 @@ def _sweep(args: argparse.Namespace) -> int:
             "warning: no --checkpoint: the model has random weights, so the numbers describe an "
             "untrained network"
         )
-    model.to(dev)
+    return model, mf, weights
 
-    # ------------------------------------------------------------------ input size and channels
+
+def _prepare(args: argparse.Namespace, model: Any, mf: Any, data: _Data, dev: Any) -> _Setup:
+    """Input size, channels, layers and pooling; a trial forward on two images."""
+    import torch
+    from torch.utils.data import Subset
+
+    from .._layers.model import default_layers, fitting_pool
+    from .zoo import first_channels
+
+    src, test_src = data.src, data.test_src
     channels = mf.channels or first_channels(model)
     hw, why = _choose_size(args.size, src.facts.image_size, mf.input_size, mf.fixed_size)
     layers = [_layer_spec(t) for t in args.layers] if args.layers else default_layers(model)
@@ -422,13 +650,14 @@ def _sweep(args: argparse.Namespace) -> int:
             resize = None if (args.size is None and size == s.facts.image_size) else size
             return s.dataset(size=resize, channels=channels, mean=mf.mean, std=mf.std)
 
-        return Subset(make(src), train_idx.tolist()), Subset(
-            make(test_src or src), test_idx.tolist()
+        return Subset(make(src), data.train_idx.tolist()), Subset(
+            make(test_src or src), data.test_idx.tolist()
         )
 
+    dims: dict[str, int] = {}
     train_ds, test_ds = datasets(hw)
     probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
-    err = _trial(model, layers, pool, probe, dev)
+    err = _trial(model, layers, pool, probe, dev, dims)
     if err is not None:
         if args.size is None and mf.input_size is not None and mf.input_size != hw:
             old = hw
@@ -439,23 +668,28 @@ def _sweep(args: argparse.Namespace) -> int:
             )
             train_ds, test_ds = datasets(hw)
             probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
-            err = _trial(model, layers, pool, probe, dev)
+            err = _trial(model, layers, pool, probe, dev, dims)
         if err is not None:
             raise HeadkitError(
                 f"{args.model} fails on {_fmt_hw(hw)} inputs: {_first_line(err)}"
                 + ("" if args.size else "; pass --size N to resize the images")
             )
+    return _Setup(hw, why, layers, layers_text, pool, pool_why, channels, train_ds, test_ds, dims)
 
-    src_hw = src.facts.image_size
+
+def _say_setup(
+    args: argparse.Namespace, data: _Data, mf: Any, setup: _Setup, dev: Any, say: Any
+) -> None:
+    src = data.src
     say(
-        f"data: {src.facts.n} images, {n_classes} classes, {_fmt_hw(src_hw)} px, "
-        f"{src.facts.channels} channel(s), from {src.facts.source} ({src.facts.note})"
-        + (f"; {drawn}" if drawn else "")
+        f"data: {src.facts.n} images, {len(src.facts.classes)} classes, "
+        f"{_fmt_hw(src.facts.image_size)} px, {src.facts.channels} channel(s), from "
+        f"{_show(src.facts.source)} ({src.facts.note})" + (f"; {data.drawn}" if data.drawn else "")
     )
-    say(f"split: {split_text}: train {len(train_ds)}, test {len(test_ds)}")
-    grey = src.facts.channels == 1 and channels == 3
+    say(f"split: {data.split_text}: train {len(setup.train_ds)}, test {len(setup.test_ds)}")
+    grey = src.facts.channels == 1 and setup.channels == 3
     say(
-        f"input: {_fmt_hw(hw)} ({why})"
+        f"input: {_fmt_hw(setup.hw)} ({setup.why})"
         + ("; grey images repeated to 3 channels" if grey else "")
         + f"; normalised with mean {tuple(round(v, 3) for v in mf.mean)}, std "
         f"{tuple(round(v, 3) for v in mf.std)}"
@@ -464,74 +698,135 @@ def _sweep(args: argparse.Namespace) -> int:
         f"device: {_device_name(dev)}, batch {args.batch_size}, workers {args.workers}"
         + (", bf16 autocast" if args.amp else "")
     )
-    say(f"layers ({layers_text}): {', '.join(str(x) for x in layers)}; pool: {pool} ({pool_why})")
+    say(
+        f"layers ({setup.layers_text}): {', '.join(str(x) for x in setup.layers)}; pool: "
+        f"{setup.pool} ({setup.pool_why})"
+    )
+    if args.store:
+        n = len(setup.train_ds) + len(setup.test_ds)
+        say(f"store: {_show(args.store)}: {_check_store_space(args.store, n, setup.dims)}")
 
-    # ------------------------------------------------------------------ the sweep
-    pin = dev.type == "cuda"
-    loader = DataLoader(
-        train_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
-    )
-    test_loader = DataLoader(
-        test_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
-    )
+
+def _run(args: argparse.Namespace, model: Any, data: _Data, setup: _Setup, dev: Any) -> Any:
+    """The layer sweep itself."""
+    from torch.utils.data import DataLoader
+
     from ..probe import layer_sweep
 
+    pin = dev.type == "cuda"
+    loader = DataLoader(
+        setup.train_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
+    )
+    test_loader = DataLoader(
+        setup.test_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
+    )
     kwargs: dict[str, Any] = {}
     if args.amp:
         kwargs["amp"] = True
     if args.store:
         kwargs["store"] = args.store
-    report = layer_sweep(
+    return layer_sweep(
         model,
         loader,
         test_loader,
-        layers=layers,
+        layers=setup.layers,
         metrics=tuple(args.metrics),
-        pool=pool,
+        pool=setup.pool,
         device=dev,
         seed=args.seed,
         progress=not args.no_progress,
         **kwargs,
     )
-    secs = time.time() - t0
-    report.info.update(
-        {
-            "model": args.model,
-            "weights": weights,
-            "checkpoint": args.checkpoint,
-            "strict": not args.non_strict,
-            "data": src.facts.as_dict(),
-            "test_data": test_src.facts.as_dict() if test_src is not None else None,
-            "split": split_text,
-            "max_samples": args.max_samples,
-            "n_train": len(train_ds),
-            "n_test": len(test_ds),
-            "classes": n_classes,
-            "class_names": src.facts.classes,
-            "class_counts": class_counts,
-            "input_size": list(hw),
-            "input_size_reason": why,
-            "pool_reason": pool_why,
-            "layers_given": bool(args.layers),
-            "image_size": list(src_hw) if src_hw else None,
-            "device": str(dev),
-            "amp": bool(args.amp),
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "time_s": round(secs, 1),
-        }
-    )
-    say("")
-    say(report.table())
-    _verdicts(report, say)
-    say(f"done in {secs:.0f} s")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report.to_json())
-        say(f"report written to {args.out}")
+
+
+def _info(
+    args: argparse.Namespace, data: _Data, setup: _Setup, weights: str, dev: Any, secs: float
+) -> dict[str, Any]:
+    src, test_src = data.src, data.test_src
+    src_hw = src.facts.image_size
+    return {
+        "model": args.model,
+        "weights": weights,
+        "checkpoint": args.checkpoint,
+        "strict": not args.non_strict,
+        "data": src.facts.as_dict(),
+        "test_data": test_src.facts.as_dict() if test_src is not None else None,
+        "split": data.split_text,
+        "max_samples": args.max_samples,
+        "n_train": len(setup.train_ds),
+        "n_test": len(setup.test_ds),
+        "classes": len(src.facts.classes),
+        "class_names": src.facts.classes,
+        "class_counts": data.class_counts,
+        "input_size": list(setup.hw),
+        "input_size_reason": setup.why,
+        "pool_reason": setup.pool_why,
+        "layers_given": bool(args.layers),
+        "image_size": list(src_hw) if src_hw else None,
+        "device": str(dev),
+        "amp": bool(args.amp),
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "time_s": round(secs, 1),
+    }
+
+
+def _write_outputs(
+    args: argparse.Namespace, report: Any, existing: dict[str, bool], secs: float, say: Any
+) -> int:
+    """Print the results and write ``--out`` / ``--plot`` atomically. Whatever fails here, the
+    results are kept: the JSON goes to a fallback file the error names."""
+    problems: list[str] = []
+    text: str | None = None
+    try:
+        text = report.to_json()
+    except Exception as err:
+        problems.append(f"the JSON report could not be made ({_why_not(err)})")
+    try:
+        say("")
+        say(report.table())
+        _verdicts(report, say)
+        say(f"done in {secs:.0f} s")
+    except Exception as err:
+        problems.append(f"the results could not be printed ({_why_not(err)})")
+    saved = None
+    if args.out and text is not None:
+        try:
+            _write_text(args.out, text)
+            saved = args.out
+            if existing.get("--out"):
+                print(
+                    f"headkit sweep: note: replaced the existing file {_show(args.out)!r}",
+                    file=sys.stderr,
+                )
+            say(f"report written to {_show(args.out)}")
+        except Exception as err:
+            problems.append(f"--out {_show(args.out)!r} could not be written ({_why_not(err)})")
     if args.plot:
-        say(f"plot written to {report.plot(args.plot)}")
-    return 0
+        try:
+            fig = report.figure()
+            _write_atomic(args.plot, lambda tmp: fig.savefig(tmp, dpi=120))
+            if existing.get("--plot"):
+                print(
+                    f"headkit sweep: note: replaced the existing file {_show(args.plot)!r}",
+                    file=sys.stderr,
+                )
+            say(f"plot written to {_show(args.plot)}")
+        except Exception as err:
+            problems.append(f"--plot {_show(args.plot)!r} could not be written ({_why_not(err)})")
+    if not problems:
+        return 0
+    if saved is None and text is not None:
+        fallback = _fallback_path("headkit-report")
+        try:
+            _write_text(fallback, text)
+            saved = fallback
+        except Exception as err:
+            problems.append(f"the fallback {_show(fallback)!r} failed too ({_why_not(err)})")
+    kept = (
+        f"the report was saved to {_show(saved)}" if saved else "the results are printed above only"
+    )
+    raise HeadkitError(f"{'; '.join(problems)}; {kept}")
 
 
 def _verdicts(report: Any, say: Any) -> None:

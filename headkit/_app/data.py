@@ -1,14 +1,13 @@
-"""Images for the command line and the examples: folders, arrays, draws.
+"""Images for the command line and the examples: folders and arrays, read lazily.
 
 - image folders (``root/<class>/<image>``), streamed from disk by a `torch.utils.data.Dataset`
-  (nothing is read before a batch needs it: folders larger than memory work);
+  (nothing is read before a batch needs it: folders larger than memory work); the folder walk
+  and the pixel reading live in ``images``;
 - ``.npz`` files of arrays (``x``/``y``, or ``x_train``/``y_train`` with ``x_test``/``y_test``),
-  memory-mapped when stored uncompressed (``np.savez``);
-- seeded stratified draws and splits.
+  memory-mapped when stored uncompressed (``np.savez``).
 
-scikit-learn's digits and the demo's task built from them live in ``headkit._app.demo_data``.
-
-Everything here is private (``headkit._app.data``); the CLI, the demo and the examples import it.
+scikit-learn's digits and the demo's task are in ``demo_data``, the seeded draws in ``draws``;
+the public names are in `headkit.data`.
 """
 
 from __future__ import annotations
@@ -29,6 +28,16 @@ from torch.utils.data import Dataset
 from .._errors import HeadkitError
 from .demo_data import digits
 from .draws import stratified_sample, stratified_split
+from .images import (
+    IMAGE_EXTENSIONS,
+    channels_of,
+    conversion_message,
+    display,
+    read_pixels,
+    scan_modes,
+    skipped_message,
+    walk_folder,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -42,19 +51,6 @@ __all__ = [
     "stratified_split",
 ]
 
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-    ".pgm",
-)
-
 
 @dataclass(frozen=True)
 class DataFacts:
@@ -67,8 +63,10 @@ class DataFacts:
         classes: class names (folder names, or the label values as text).
         image_size: ``(H, W)`` of the stored images, or None when they differ.
         channels: channels of the stored images (1 or 3).
-        skipped: files left out (not images), relative to the root.
+        skipped: files and folders left out, relative to the root (folders end with ``/``).
         note: anything else worth saying (pixel scaling, memory-mapping).
+        reasons: why each of ``skipped`` was left out (same order).
+        modes: Pillow modes of the images and how many of each (folders only).
     """
 
     source: str
@@ -79,6 +77,8 @@ class DataFacts:
     channels: int
     skipped: list[str] = field(default_factory=list)
     note: str = ""
+    reasons: list[str] = field(default_factory=list)
+    modes: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The facts as plain JSON types."""
@@ -91,6 +91,8 @@ class DataFacts:
             "channels": self.channels,
             "skipped": len(self.skipped),
             "note": self.note,
+            "modes": dict(self.modes),
+            "converted": conversion_message(self.modes),
         }
 
 
@@ -124,8 +126,9 @@ class _Images(Dataset[tuple[Tensor, int]]):
         if img.shape[0] != self.channels:
             if img.shape[0] == 1:
                 img = img.expand(self.channels, -1, -1)
-            elif self.channels == 1:
-                img = img.mean(0, keepdim=True)
+            elif self.channels == 1:  # ITU-R BT.601 luma, as Pillow's convert("L")
+                luma = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype, device=img.device)
+                img = (img * luma.view(3, 1, 1)).sum(0, keepdim=True)
             else:
                 raise HeadkitError(
                     f"images have {img.shape[0]} channels, the model expects {self.channels}"
@@ -138,9 +141,12 @@ class _Images(Dataset[tuple[Tensor, int]]):
 class FolderImages(_Images):
     """Images of a folder ``root/<class>/<image>``, read one by one when asked (streamed).
 
-    Sub-folders inside a class folder are searched too. Files without an image extension are
-    left out (listed in `DataFacts.skipped`); a file with an image extension that cannot be
-    decoded raises a `HeadkitError` that names it when it is read.
+    Sub-folders inside a class folder are searched too, symbolic links followed safely
+    (`headkit._images.walk_folder`). Files without an image extension and hidden files are left
+    out (listed in `DataFacts.skipped`); a file with an image extension that cannot be decoded
+    raises a `HeadkitError` that names it. Every Pillow mode is read at its own scale
+    (`headkit._images.read_pixels`: 16-bit grey divided by 65535, palettes expanded, alpha
+    dropped) or refused with the file named.
     """
 
     def __init__(
@@ -159,21 +165,9 @@ class FolderImages(_Images):
         self.expect_size = expect_size
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        import numpy as np
-        from PIL import Image
-
         path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if self.channels != 1 else "L")
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as err:
-            raise HeadkitError(
-                f"cannot read image {path!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}): "
-                "remove the file or replace it with a readable image"
-            ) from None
-        img = torch.from_numpy(arr.copy())
-        img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)
+        arr = read_pixels(path, 1 if self.channels == 1 else 3)
+        img = torch.from_numpy(arr)
         if (
             self.size is None
             and self.expect_size is not None
@@ -181,10 +175,10 @@ class FolderImages(_Images):
         ):
             h, w = self.expect_size
             raise HeadkitError(
-                f"image {path!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
+                f"image {display(path)!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
                 f"{h}x{w}: pass --size N (size=N) to resize every image to NxN"
             )
-        return self._finish(img.float().div_(255.0)), self.labels[i]
+        return self._finish(img), self.labels[i]
 
 
 class ArrayImages(_Images):
@@ -292,45 +286,10 @@ def open_images(path: str | os.PathLike[str]) -> ImageSource:
 
 
 def _open_folder(root: str) -> ImageSource:
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    loose = [e.name for e in entries if e.is_file()]
-    if not classes:
-        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in loose):
-            raise HeadkitError(
-                f"{root!r} holds images but no class sub-folders: put each class's images in "
-                "its own folder, root/<class>/<image>"
-            )
-        raise HeadkitError(
-            f"{root!r} has no class sub-folders of images (expected root/<class>/<image>)"
-        )
-    files: list[str] = []
-    labels: list[int] = []
-    skipped = [n for n in loose]
-    for ci, c in enumerate(classes):
-        base = os.path.join(root, c)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for f in sorted(filenames):
-                full = os.path.join(dirpath, f)
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(full)
-                    labels.append(ci)
-                else:
-                    skipped.append(os.path.relpath(full, root))
-    if not files:
-        raise HeadkitError(
-            f"no images under {root!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-            f"found {len(skipped)} other files"
-        )
-    empty = [c for ci, c in enumerate(classes) if ci not in set(labels)]
-    if empty:
-        raise HeadkitError(
-            f"class folders without images under {root!r}: {empty[:5]}"
-            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            + ": remove them or add images"
-        )
-    size, channels = _peek(files)
+    classes, files, labels, left_out = walk_folder(root)  # raises where nothing usable
+    modes, sizes = scan_modes(files)  # headers only: a bad file is named before any work
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    channels = max(channels_of(m) for m in modes)
     facts = DataFacts(
         source=root,
         kind="folder",
@@ -338,8 +297,10 @@ def _open_folder(root: str) -> ImageSource:
         classes=classes,
         image_size=size,
         channels=channels,
-        skipped=skipped,
+        skipped=[p for p, _ in left_out],
         note="streamed from disk",
+        reasons=[why for _, why in left_out],
+        modes=dict(modes),
     )
 
     def make(
@@ -360,27 +321,6 @@ def _open_folder(root: str) -> ImageSource:
         )
 
     return ImageSource(facts, labels, make)
-
-
-def _peek(files: list[str], k: int = 32) -> tuple[tuple[int, int] | None, int]:
-    """Sizes and modes of up to ``k`` images spread over the list (headers only)."""
-    from PIL import Image
-
-    step = max(1, len(files) // k)
-    sizes: set[tuple[int, int]] = set()
-    colour = False
-    for path in files[::step][:k]:
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-                colour = colour or im.mode not in ("L", "1", "I", "I;16", "F")
-        except Exception as err:
-            raise HeadkitError(
-                f"cannot read image {path!r} ({type(err).__name__}): remove the file or replace "
-                "it with a readable image"
-            ) from None
-        sizes.add((h, w))
-    return (next(iter(sizes)) if len(sizes) == 1 else None), (3 if colour else 1)
 
 
 def _npz_member(path: str, key: str) -> Any:
@@ -582,13 +522,5 @@ def load_images(
 def _warn_skipped(facts: DataFacts) -> None:
     if facts.skipped:
         warnings.warn(skipped_message(facts), stacklevel=3)
-
-
-def skipped_message(facts: DataFacts) -> str:
-    """One line on the files left out of a folder."""
-    shown = ", ".join(facts.skipped[:3])
-    more = f" and {len(facts.skipped) - 3} more" if len(facts.skipped) > 3 else ""
-    return (
-        f"left out {len(facts.skipped)} file(s) under {facts.source!r} that are not images "
-        f"(by extension): {shown}{more}"
-    )
+    if conversion_message(facts.modes):
+        warnings.warn(f"{display(facts.source)}: {conversion_message(facts.modes)}", stacklevel=3)

@@ -34,6 +34,8 @@ class LoadReport:
         unexpected: checkpoint keys under ``prefix`` the model lacks (only with ``strict=False``).
         skipped: checkpoint keys deliberately left out: those outside ``prefix`` (a projection
             head, an optimizer) and those of the part a `truncate_at` cut removed.
+        removed: the classifier taken out of the model because the checkpoint has none (a
+            backbone saved with ``num_classes=0``), and how; ``""`` when nothing was removed.
 
     Example:
         >>> import torch
@@ -50,6 +52,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    removed: str = ""
 
     def __str__(self) -> str:
         out = f"loaded {self.loaded} tensors from {self.source}"
@@ -61,6 +64,8 @@ class LoadReport:
             out += f"; {len(self.unexpected)} unexpected: {_few(self.unexpected)}"
         if self.skipped:
             out += f"; {len(self.skipped)} skipped: {_few(self.skipped)}"
+        if self.removed:
+            out += f"; the checkpoint has no classifier: {self.removed}"
         return out
 
 
@@ -181,6 +186,7 @@ def load_checkpoint(
     *,
     strict: bool = True,
     prefix: str | None = None,
+    drop_classifier: bool = True,
 ) -> LoadReport:
     """Load a state_dict, lightly, Lightning, DINO-style or DDP checkpoint into ``model``.
 
@@ -195,12 +201,21 @@ def load_checkpoint(
     what was left out. For a `truncate_at` cut, the keys of the removed part are skipped on
     purpose and reported.
 
+    A backbone saved without its classifier (timm's ``num_classes=0`` or ``reset_classifier(0)``,
+    a torchvision ``fc`` / ``classifier`` / ``heads`` set to ``nn.Identity``, a Hugging Face
+    model without its pooler or head) lacks exactly the classifier's keys: the classifier is
+    then removed from ``model`` in place (timm: ``model.reset_classifier(0)``; otherwise the
+    module becomes ``nn.Identity()``, a Hugging Face pooler ``None``), the rest is loaded
+    strictly, and `LoadReport.removed` says what was removed.
+
     Args:
         model: the model to load into (compile / DDP / DataParallel / FSDP wrappers unwrapped).
         checkpoint: a path (``str`` / ``os.PathLike``) or a mapping of tensors.
         strict: raise on missing or unexpected keys (default), or load what matches.
         prefix: the key prefix to use, when the checkpoint holds several candidates (e.g. a
             DINO checkpoint's ``"teacher.backbone."`` and ``"student.backbone."``).
+        drop_classifier: remove the classifier from ``model`` when the checkpoint lacks
+            exactly its keys (default); False keeps it (then strict loading raises).
 
     Returns:
         `LoadReport` (``str(report)`` is a one-line summary).
@@ -295,6 +310,13 @@ def load_checkpoint(
         if k in own and tuple(sd[k].shape) != tuple(own_sd[own[k]].shape)
     ]
     where = f"{source}" + (f" (prefix {chosen!r})" if chosen else "")
+    removed = ""
+    if drop_classifier and missing and not unexpected and not bad_shape:
+        removed = _drop_classifier(inner, missing)
+        if removed:
+            own_sd = inner.state_dict()
+            own = {canonical_name(k): k for k in own_sd}
+            missing = [own[k] for k in own if k not in sd]
     if bad_shape:
         raise HeadkitError(
             f"checkpoint {where} does not fit {type(inner).__name__}: {len(bad_shape)} shape "
@@ -324,7 +346,48 @@ def load_checkpoint(
         missing=missing,
         unexpected=unexpected,
         skipped=skipped + cut_skipped,
+        removed=removed,
     )
+
+
+_HEAD_NAMES = ("fc", "classifier", "head", "heads", "last_linear", "pooler")
+
+
+def _keys_under(model: nn.Module, name: str) -> set[str]:
+    sub = model.get_submodule(name)
+    return {canonical_name(f"{name}.{k}") for k in sub.state_dict()}
+
+
+def _drop_classifier(model: nn.Module, missing: list[str]) -> str:
+    """Remove the classifier when ``missing`` is exactly its keys; what was done, or ``""``."""
+    lost = {canonical_name(k) for k in missing}
+    get = getattr(model, "get_classifier", None)
+    reset = getattr(model, "reset_classifier", None)
+    if callable(get) and callable(reset):  # timm
+        clf = get()
+        name = next((n for n, m in model.named_modules() if n and m is clf), None)
+        if isinstance(clf, nn.Module) and name is not None and _keys_under(model, name) == lost:
+            reset(0)
+            return f"{name} removed from the model (timm reset_classifier(0), num_classes=0)"
+    children = dict(model.named_children())
+    heads = [n for n in _HEAD_NAMES if n in children and _keys_under(model, n)]
+    for k in range(1, len(heads) + 1):
+        for combo in _combinations(heads, k):
+            if set().union(*(_keys_under(model, n) for n in combo)) == lost:
+                for n in combo:
+                    # a Hugging Face model skips a pooler that is None; others get an identity
+                    setattr(model, n, None if n == "pooler" else nn.Identity())
+                done = ", ".join(
+                    f"{n} -> {'None' if n == 'pooler' else 'nn.Identity()'}" for n in combo
+                )
+                return f"{', '.join(combo)} removed from the model ({done})"
+    return ""
+
+
+def _combinations(items: list[str], k: int) -> list[tuple[str, ...]]:
+    import itertools
+
+    return list(itertools.combinations(items, k))
 
 
 def _classifier_hint(model: nn.Module, missing: list[str]) -> str:
