@@ -366,9 +366,8 @@ def _check_writable_file(flag: str, path: str) -> bool:
         raise HeadkitError(f"{flag} {shown!r} exists and is not a regular file; pass a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise HeadkitError(
-            f"{flag} {shown!r}: the folder {_show(parent)!r} does not exist; create it first"
-        )
+        what = "is a file, not a folder" if os.path.exists(parent) else "does not exist; create it"
+        raise HeadkitError(f"{flag} {shown!r}: the folder {_show(parent)!r} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HeadkitError(f"{flag} {shown!r}: the folder {_show(parent)!r} is not writable")
     exists = os.path.isfile(path)
