@@ -433,9 +433,10 @@ def test_a_full_disk_at_the_end_keeps_the_results(
     the one error line names, and nothing half-written is left behind."""
     import errno
 
-    from headkit import _cli
+    from headkit._app import cli as _cli
+    from headkit._app import outputs
 
-    real = _cli._write_text
+    real = _cli.write_text
     out = tmp_path / "out" / "r.json"
     out.parent.mkdir()
 
@@ -447,10 +448,10 @@ def test_a_full_disk_at_the_end_keeps_the_results(
                     fh.write(text[:10])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            _cli._write_atomic(path, write)
+            outputs.write_atomic(path, write)
         real(path, text)
 
-    monkeypatch.setattr(_cli, "_write_text", full)
+    monkeypatch.setattr(_cli, "write_text", full)
     monkeypatch.chdir(tmp_path)
     code, stdout, err = _in_process(
         capsys, "sweep", "--model", "timm:resnet10t", "--data", str(images), *QUICK,

@@ -7,7 +7,6 @@ misspelled model) prints one line, ``headkit <command>: error: ...``, and exits 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -16,7 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import HeadkitError
+from .._errors import HeadkitError, first_line
+from .outputs import (
+    check_folder,
+    check_outputs,
+    check_store_space,
+    fallback_path,
+    printable_streams,
+    show,
+    why_not,
+    write_atomic,
+    write_text,
+)
 
 __all__ = ["main"]
 
@@ -171,14 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["sweep", "--model", "timm:resnet18", "--data", "/no/such/folder"])
         2
     """
-    _printable_streams()
+    printable_streams()
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import run_demo
 
             if not args.no_plot:
-                _check_folder("--out", args.out)
+                check_folder("--out", args.out)
 
             run_demo(
                 seeds=1 if args.smoke else args.seeds,
@@ -334,159 +344,6 @@ def _trial(
     return None
 
 
-def _first_line(err: BaseException) -> str:
-    return ((str(err).strip().splitlines() or [type(err).__name__])[0])[:200]
-
-
-# ----------------------------------------------------------------------------- output paths
-
-
-def _show(path: str) -> str:
-    """A path as it can be printed in any locale (undecodable bytes as ``\\xNN``)."""
-    from .images import display
-
-    return display(os.fspath(path))
-
-
-def _printable_streams() -> None:
-    """Never fail on printing a name: unencodable characters come out escaped."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            with contextlib.suppress(ValueError, OSError):  # an unusual stream: leave it
-                reconfigure(errors="backslashreplace")
-
-
-def _check_writable_file(flag: str, path: str) -> bool:
-    """Check before any work that ``path`` can be written; True when it exists (replaced)."""
-    shown = _show(path)
-    if path.endswith(("/", os.sep)) or os.path.isdir(path):
-        raise HeadkitError(f"{flag} {shown!r} is a folder; pass a file name, e.g. {flag} report")
-    if os.path.lexists(path) and not os.path.isfile(path):
-        raise HeadkitError(f"{flag} {shown!r} exists and is not a regular file; pass a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        what = "is a file, not a folder" if os.path.exists(parent) else "does not exist; create it"
-        raise HeadkitError(f"{flag} {shown!r}: the folder {_show(parent)!r} {what}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise HeadkitError(f"{flag} {shown!r}: the folder {_show(parent)!r} is not writable")
-    exists = os.path.isfile(path)
-    if exists and not os.access(path, os.W_OK):
-        raise HeadkitError(f"{flag} {shown!r} exists and is not writable")
-    return exists
-
-
-def _check_folder(flag: str, path: str) -> None:
-    """A folder that exists and is writable, or can be created in a writable parent."""
-    shown = _show(path)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise HeadkitError(f"{flag} {shown!r} is a file; pass a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise HeadkitError(f"{flag} {shown!r} is not writable")
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise HeadkitError(
-            f"{flag} {shown!r} cannot be created: {_show(parent)!r} is not a writable folder"
-        )
-
-
-def _plot_formats() -> set[str]:
-    """The file types matplotlib writes; an error where matplotlib is missing."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise HeadkitError(
-            '--plot needs matplotlib: pip install "headkit[plot]" (or leave --plot out)'
-        ) from None
-    return set(Figure().canvas.get_supported_filetypes())
-
-
-def _check_outputs(args: argparse.Namespace) -> dict[str, bool]:
-    """Every output path checked before any work: ``{flag: the file exists (replaced)}``."""
-    found: dict[str, bool] = {}
-    if args.out:
-        found["--out"] = _check_writable_file("--out", args.out)
-    if args.plot:
-        found["--plot"] = _check_writable_file("--plot", args.plot)
-        ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
-        kinds = _plot_formats()
-        if ext not in kinds:
-            raise HeadkitError(
-                f"--plot {_show(args.plot)!r}: matplotlib writes {', '.join(sorted(kinds))}; "
-                "end the name with one of them, e.g. sweep.png"
-            )
-    if args.out and args.plot and os.path.abspath(args.out) == os.path.abspath(args.plot):
-        raise HeadkitError(f"--out and --plot are the same file {_show(args.out)!r}")
-    if args.store:
-        _check_folder("--store", args.store)
-    return found
-
-
-def _check_store_space(store: str, n: int, dims: dict[str, int]) -> str:
-    """Refuse before the sweep when the store's free space is below the features' size."""
-    import shutil
-
-    need = 4 * n * sum(dims.values())  # float32 rows
-    where = store
-    while not os.path.exists(where):
-        where = os.path.dirname(os.path.abspath(where))
-    free = shutil.disk_usage(where).free
-    text = f"{need / 2**20:.1f} MiB of features for {n} images, {free / 2**20:.0f} MiB free"
-    if need > free:
-        raise HeadkitError(
-            f"--store {_show(store)!r} needs about {text}: free some space, pass another "
-            "folder, or lower --max-samples"
-        )
-    return text
-
-
-def _write_atomic(path: str, write: Any) -> None:
-    """``write(temporary path)`` in ``path``'s folder, then rename over ``path`` (atomic): a
-    failure never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    base, ext = os.path.splitext(os.path.basename(path))
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp{ext}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _write_atomic(path, write)
-
-
-def _fallback_path(name: str) -> str:
-    """A file in the current folder, or the temporary folder, that does not exist yet."""
-    import tempfile
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for folder in (os.getcwd(), tempfile.gettempdir()):
-        path = os.path.join(folder, f"{name}-{stamp}-{os.getpid()}.json")
-        if os.access(folder, os.W_OK) and not os.path.exists(path):
-            return path
-    return os.path.join(tempfile.gettempdir(), f"{name}-{stamp}-{os.getpid()}.json")
-
-
-def _why_not(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return f"{type(err).__name__}: {_first_line(err)}"
-
-
 # ----------------------------------------------------------------------------- headkit sweep
 
 
@@ -522,7 +379,7 @@ def _sweep(args: argparse.Namespace) -> int:
         _check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.workers < 0:
         raise HeadkitError(f"--workers must be >= 0, got {args.workers}")
-    existing = _check_outputs(args)
+    existing = check_outputs(args)
     dev = _device(args.device)
     data = _load_data(args, say)
     model, mf, weights = _build(args, say)
@@ -552,7 +409,7 @@ def _load_data(args: argparse.Namespace, say: Any) -> _Data:
     if args.test_data:
         if os.path.exists(args.test_data) and os.path.samefile(args.test_data, args.data):
             raise HeadkitError(
-                f"--test-data {_show(args.test_data)!r} is --data itself: the probes would be "
+                f"--test-data {show(args.test_data)!r} is --data itself: the probes would be "
                 "scored on the images they were trained on; leave --test-data out to hold out a "
                 "stratified 20%"
             )
@@ -563,11 +420,11 @@ def _load_data(args: argparse.Namespace, say: Any) -> _Data:
             say(f"test images: {conversion_message(test_src.facts.modes)}")
         if test_src.facts.classes != src.facts.classes:
             raise HeadkitError(
-                f"--test-data {_show(args.test_data)!r} has classes "
+                f"--test-data {show(args.test_data)!r} has classes "
                 f"{test_src.facts.classes[:6]}, --data has {src.facts.classes[:6]}: they must "
                 "be the same"
             )
-        split_text = f"--test-data {_show(args.test_data)}"
+        split_text = f"--test-data {show(args.test_data)}"
     elif src.test is not None:
         test_src = src.test
         split_text = "the .npz's own x_test/y_test"
@@ -662,7 +519,7 @@ def _prepare(args: argparse.Namespace, model: Any, mf: Any, data: _Data, dev: An
             old = hw
             hw = mf.input_size
             why = (
-                f"the model rejected {_fmt_hw(old)} inputs ({_first_line(err)}); its configured "
+                f"the model rejected {_fmt_hw(old)} inputs ({first_line(err)}); its configured "
                 f"{_fmt_hw(hw)} (--size N to choose)"
             )
             train_ds, test_ds = datasets(hw)
@@ -670,7 +527,7 @@ def _prepare(args: argparse.Namespace, model: Any, mf: Any, data: _Data, dev: An
             err = _trial(model, layers, pool, probe, dev, dims)
         if err is not None:
             raise HeadkitError(
-                f"{args.model} fails on {_fmt_hw(hw)} inputs: {_first_line(err)}"
+                f"{args.model} fails on {_fmt_hw(hw)} inputs: {first_line(err)}"
                 + ("" if args.size else "; pass --size N to resize the images")
             )
     return _Setup(hw, why, layers, layers_text, pool, pool_why, channels, train_ds, test_ds, dims)
@@ -683,7 +540,7 @@ def _say_setup(
     say(
         f"data: {src.facts.n} images, {len(src.facts.classes)} classes, "
         f"{_fmt_hw(src.facts.image_size)} px, {src.facts.channels} channel(s), from "
-        f"{_show(src.facts.source)} ({src.facts.note})" + (f"; {data.drawn}" if data.drawn else "")
+        f"{show(src.facts.source)} ({src.facts.note})" + (f"; {data.drawn}" if data.drawn else "")
     )
     say(f"split: {data.split_text}: train {len(setup.train_ds)}, test {len(setup.test_ds)}")
     grey = src.facts.channels == 1 and setup.channels == 3
@@ -703,7 +560,7 @@ def _say_setup(
     )
     if args.store:
         n = len(setup.train_ds) + len(setup.test_ds)
-        say(f"store: {_show(args.store)}: {_check_store_space(args.store, n, setup.dims)}")
+        say(f"store: {show(args.store)}: {check_store_space(args.store, n, setup.dims)}")
 
 
 def _run(args: argparse.Namespace, model: Any, data: _Data, setup: _Setup, dev: Any) -> Any:
@@ -780,50 +637,50 @@ def _write_outputs(
     try:
         text = report.to_json()
     except Exception as err:
-        problems.append(f"the JSON report could not be made ({_why_not(err)})")
+        problems.append(f"the JSON report could not be made ({why_not(err)})")
     try:
         say("")
         say(report.table())
         _verdicts(report, say)
         say(f"done in {secs:.0f} s")
     except Exception as err:
-        problems.append(f"the results could not be printed ({_why_not(err)})")
+        problems.append(f"the results could not be printed ({why_not(err)})")
     saved = None
     if args.out and text is not None:
         try:
-            _write_text(args.out, text)
+            write_text(args.out, text)
             saved = args.out
             if existing.get("--out"):
                 print(
-                    f"headkit sweep: note: replaced the existing file {_show(args.out)!r}",
+                    f"headkit sweep: note: replaced the existing file {show(args.out)!r}",
                     file=sys.stderr,
                 )
-            say(f"report written to {_show(args.out)}")
+            say(f"report written to {show(args.out)}")
         except Exception as err:
-            problems.append(f"--out {_show(args.out)!r} could not be written ({_why_not(err)})")
+            problems.append(f"--out {show(args.out)!r} could not be written ({why_not(err)})")
     if args.plot:
         try:
             fig = report.figure()
-            _write_atomic(args.plot, lambda tmp: fig.savefig(tmp, dpi=120))
+            write_atomic(args.plot, lambda tmp: fig.savefig(tmp, dpi=120))
             if existing.get("--plot"):
                 print(
-                    f"headkit sweep: note: replaced the existing file {_show(args.plot)!r}",
+                    f"headkit sweep: note: replaced the existing file {show(args.plot)!r}",
                     file=sys.stderr,
                 )
-            say(f"plot written to {_show(args.plot)}")
+            say(f"plot written to {show(args.plot)}")
         except Exception as err:
-            problems.append(f"--plot {_show(args.plot)!r} could not be written ({_why_not(err)})")
+            problems.append(f"--plot {show(args.plot)!r} could not be written ({why_not(err)})")
     if not problems:
         return 0
     if saved is None and text is not None:
-        fallback = _fallback_path("headkit-report")
+        fallback = fallback_path("headkit-report")
         try:
-            _write_text(fallback, text)
+            write_text(fallback, text)
             saved = fallback
         except Exception as err:
-            problems.append(f"the fallback {_show(fallback)!r} failed too ({_why_not(err)})")
+            problems.append(f"the fallback {show(fallback)!r} failed too ({why_not(err)})")
     kept = (
-        f"the report was saved to {_show(saved)}" if saved else "the results are printed above only"
+        f"the report was saved to {show(saved)}" if saved else "the results are printed above only"
     )
     raise HeadkitError(f"{'; '.join(problems)}; {kept}")
 

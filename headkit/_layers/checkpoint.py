@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import HeadkitError
+from .._errors import HeadkitError, first_line
 from .model import canonical_name, check_module, unwrap
 from .truncate import Truncated
 
@@ -96,7 +96,7 @@ def _read(path: str) -> Any:
             return load_file(path)
         except Exception as err:
             raise HeadkitError(
-                f"cannot read checkpoint {path!r}: not a valid safetensors file ({_first_line(err)})"
+                f"cannot read checkpoint {path!r}: not a valid safetensors file ({first_line(err, 160)})"
             ) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -113,10 +113,6 @@ def _read(path: str) -> Any:
         raise HeadkitError(
             f"cannot read checkpoint {path!r}: {kind}, not a PyTorch checkpoint; {_CKPT_HINT}"
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 
 
 def _sniff(path: str) -> str:
