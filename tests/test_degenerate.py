@@ -144,6 +144,20 @@ def test_degenerate_labels_same_refusal_every_labelled_metric(metric: str, case:
     )
 
 
+@pytest.mark.parametrize("metric", list(FEW_LABEL))
+def test_one_label_per_class_is_refused_by_the_few_label_rules(metric: str) -> None:
+    """Leave-one-out and cross-validation score a sample by the others: one labelled sample per
+    class can never be right (0.2 scored it 0% for every layer, a tie reported as a choice)."""
+    x, _, xt, yt = _data("ok")
+    y = torch.arange(N)
+    with pytest.raises(HeadkitError) as err:
+        FEW_LABEL[metric](x, y, xt, yt)
+    assert str(err.value) == (
+        "layer 'features' cannot be measured: 39 other training samples for 40 classes, at least "
+        f"one per class is needed; {SEE}"
+    )
+
+
 @pytest.mark.parametrize("metric", list(LABEL_FREE))
 def test_label_free_measures_need_no_classes(metric: str) -> None:
     """One class is no problem for a measure that does not read labels."""

@@ -69,3 +69,23 @@ def test_token_first_encoder_cut_exports_with_a_dynamic_batch() -> None:
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
     _check(enc, "layers.0", "avg", (5, 8), n=16)
+
+
+@pytest.mark.parametrize("pool", ["avg", "cls", None])
+def test_hf_text_encoder_cut_exports_with_a_dynamic_batch(pool: str | None) -> None:
+    """The "blocks" route of a Hugging Face encoder; the padding check (it reads the ids) is
+    left out of the exported graph."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32, pad_token_id=0,
+    )  # fmt: skip
+    model = transformers.BertModel(cfg).eval()
+    cut = truncate_at(model, "encoder.layer.1", pool=pool).eval()
+    g = torch.Generator().manual_seed(0)
+    x2, x5 = torch.randint(1, 50, (2, 7), generator=g), torch.randint(1, 50, (5, 7), generator=g)
+    with torch.no_grad():
+        want = cut(x5)
+        got = export(cut, (x2,), dynamic_shapes={"x": {0: Dim("batch")}}).module()(x5)
+    assert want.shape[0] == 5
+    torch.testing.assert_close(got, want, **tol(torch.float32, magnitude(want), 16 + 7))

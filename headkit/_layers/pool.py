@@ -165,10 +165,21 @@ def _spatial_mean(t: Tensor, layout: str) -> Tensor:
     return t.mean(dim=tuple(range(2, t.dim())))
 
 
+def _tracing() -> bool:
+    """Inside ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` (no value may be read)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return (
+        torch.compiler.is_compiling()
+        or bool(is_exporting is not None and is_exporting())
+        or torch._C._get_tracing_state() is not None
+    )
+
+
 def _token_mask(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor | None:
     """The ``(B, T)`` float mask of real tokens of a token output, or None (all real)."""
     if ctx.mask is None:
-        if ctx.text and ctx.pad_id is not None and ctx.input_ids is not None:
+        # the padding check reads the values: not in a traced or exported graph (a fixed graph)
+        if ctx.text and ctx.pad_id is not None and ctx.input_ids is not None and not _tracing():
             ids = ctx.input_ids
             if ids.dim() == 2 and ids.shape[1] == t.shape[1] and bool((ids == ctx.pad_id).any()):
                 raise HeadkitError(

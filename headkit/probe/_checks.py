@@ -12,7 +12,8 @@ whatever the metric. The rules (``docs/probe.md``, "Degenerate data"), checked i
    would only be the class prior);
 4. labelled measures only: fewer than 2 classes in the training labels: refused;
 5. labelled measures only: fewer training samples than classes (train and test labels
-   together): refused;
+   together; leave-one-out and cross-validated rules: fewer other samples than classes, so one
+   labelled sample per class is refused): refused;
 6. kNN only: fewer candidate neighbours than a ``k`` the caller passed: refused. ``k`` left
    at its default (None: 20) is 20, or every candidate when there are fewer (`knn_k_for`; the
    reports record the ``k`` used).
@@ -118,7 +119,8 @@ def check_layer(
         test: optional ``(M, D)`` test features (checked for NaN/inf only).
         test_labels: optional ``(M,)`` test labels (their classes count).
         k: neighbours of a kNN measure.
-        loo: leave-one-out kNN (a sample is not its own neighbour: ``N - 1`` candidates).
+        loo: leave-one-out or cross-validated scores (a sample is not its own neighbour or
+            training sample: ``N - 1`` candidates).
 
     Raises:
         DegenerateData: (a `HeadkitError`) naming the layer, the problem and the count.
@@ -147,11 +149,14 @@ def check_layer(
         )
     if test_labels is not None:
         classes = torch.unique(torch.cat([classes, test_labels.detach().cpu().view(-1)]))
-    if tr.n < classes.numel():
+    # leave-one-out (and cross-validation): a sample is scored by a model of the others
+    seen = tr.n - 1 if loo else tr.n
+    if seen < classes.numel():
+        what = "other training sample" if loo else "training sample"
         raise degenerate(
             layer,
-            f"{_plural(tr.n, 'training sample')} for {classes.numel()} classes, at least one "
-            "per class is needed",
+            f"{_plural(seen, what)} for {classes.numel()} classes, at least one per class is "
+            "needed",
         )
     if k is not None:
         cand = tr.n - 1 if loo else tr.n
