@@ -25,6 +25,7 @@ from .._errors import HeadkitError
 from .._losses import NTXentLoss
 from ..heads import MLPHead, ReweightHead
 from .demo_data import DisruptedDigits, augment, disrupted_digits, drop_right
+from .outputs import write_atomic
 
 __all__ = ["DemoResult", "Encoder", "make_encoder", "run_demo", "train_simclr"]
 
@@ -627,8 +628,9 @@ def _plot(res: DemoResult, out_dir: str, interval: str, say: Callable[[str], Any
             text.set_text(f"bars: {interval}; star: best layer")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "headkit-demo.png")
-    fig.savefig(path, dpi=120)
-    say(f"plot written to {path}")
+    existed = os.path.exists(path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    say(f"plot written to {path}" + (" (replaced the earlier one)" if existed else ""))
     return path
 
 
