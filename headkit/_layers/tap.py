@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -307,14 +307,20 @@ class LayerTap:
     # ------------------------------------------------------------------ running
     def __call__(self, *args: Any, **kwargs: Any) -> dict[LayerSpec, Any]:
         """Run the model with these arguments and return ``{spec: output}`` (see the class)."""
+        with self._session():
+            raw = self._forward(args, kwargs, stop=self.stop_early, with_output=False)[1]
+            return self._finish_all(raw)
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[None]:
+        """One call of the tap: open, recording, and left clean whatever happens."""
         self._check_open()
         self.clear()
         st = self._state
         was_active = st.active
         st.active = True
         try:
-            raw = self._forward(args, kwargs, stop=self.stop_early, with_output=False)[1]
-            return self._finish_all(raw)
+            yield
         finally:
             st.stopping = False
             st.no_stop = False
@@ -339,18 +345,9 @@ class LayerTap:
             >>> out.shape, feats["1"].shape
             (torch.Size([2, 4]), torch.Size([2, 16]))
         """
-        self._check_open()
-        self.clear()
-        st = self._state
-        was_active = st.active
-        st.active = True
-        try:
+        with self._session():
             output, raw = self._forward(args, kwargs, stop=False, with_output=True)
             return output, self._finish_all(raw)
-        finally:
-            st.active = was_active
-            st.depth = 0
-            self.clear()
 
     def _forward(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, stop: bool, with_output: bool
