@@ -67,6 +67,12 @@ class DataFacts:
         note: anything else worth saying (pixel scaling, memory-mapping).
         reasons: why each of ``skipped`` was left out (same order).
         modes: Pillow modes of the images and how many of each (folders only).
+
+    Example:
+        >>> from headkit.data import load_images
+        >>> facts = load_images(None, max_samples=20)[2]
+        >>> facts.kind, facts.image_size, facts.channels
+        ('digits', (8, 8), 1)
     """
 
     source: str
@@ -228,7 +234,21 @@ class ImageSource:
     """An opened data source: labels, facts and a way to build a `Dataset` for a given input.
 
     ``test`` is set when the source brings its own test split (``x_test``/``y_test`` in an
-    ``.npz``).
+    ``.npz``); `dataset` yields ``(image (C, H, W) float in [0, 1], label)``.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from headkit.data import open_images
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
+        >>> x = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+        >>> np.savez(path, x=x, y=np.arange(20) % 2)
+        >>> src = open_images(path)
+        >>> src.facts.kind, src.facts.n, src.facts.image_size
+        ('npz', 20, (8, 8))
+        >>> image, label = src.dataset()[0]
+        >>> tuple(image.shape), float(image.max()) <= 1.0
+        ((1, 8, 8), True)
     """
 
     facts: DataFacts
@@ -269,6 +289,20 @@ def open_images(path: str | os.PathLike[str]) -> ImageSource:
     Raises:
         HeadkitError: a missing path, a single image file, an unreadable or malformed ``.npz``,
             a folder without class sub-folders or without images.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from headkit.data import open_images
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
+        >>> x = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+        >>> np.savez(path, x=x, y=np.arange(20) % 2)
+        >>> src = open_images(path)
+        >>> src.facts.kind, src.facts.n, src.facts.image_size
+        ('npz', 20, (8, 8))
+        >>> image, label = src.dataset()[0]
+        >>> tuple(image.shape), float(image.max()) <= 1.0
+        ((1, 8, 8), True)
     """
     p = os.fspath(path)
     if not os.path.exists(p):
@@ -490,6 +524,12 @@ def load_images(
 
     Returns:
         ``(images, labels, facts)``.
+
+    Example:
+        >>> from headkit.data import load_images
+        >>> x, y, facts = load_images(None, size=16, max_samples=30, seed=0)
+        >>> tuple(x.shape), tuple(y.shape), facts.source
+        ((30, 1, 16, 16), (30,), 'scikit-learn digits')
     """
     hw: tuple[int, int] | None = None
     if size is not None:
