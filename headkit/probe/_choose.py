@@ -15,7 +15,7 @@ from .._errors import HeadkitError, closest
 from .._layers.model import LayerSpec
 from .._layers.pool import Pool
 from ._checks import check_layers, knn_k_for
-from ._extract import Features, extract
+from ._extract import ExtractOptions, Features, extract
 from ._linear import fit_linear
 from ._metrics import LidarStats, Moments, check_views, encode_labels, knn_predict, moments
 from ._registry import METRICS, SPECTRAL, Frozen
@@ -529,20 +529,8 @@ def recommend_layer(
         >>> choice.rule, choice.layer in ("0", "1", "2")
         ('rankme', True)
     """
-    ex = extract(
-        model,
-        loader,
-        layers,
-        pool=pool,
-        device=device,
-        max_samples=max_samples,
-        store=store,
-        progress=progress,
-        amp=amp,
-        distributed=distributed,
-        desc="extract",
-        where="recommend_layer",
-    )
+    opts = ExtractOptions(pool, device, max_samples, store, progress, amp, distributed)
+    ex = extract(model, loader, layers, opts, desc="extract", where="recommend_layer")
     dev = torch.device(ex.info["device"])
     vs = None
     if views is not None:
@@ -550,12 +538,8 @@ def recommend_layer(
             model,
             views,
             list(ex.rows),
-            pool=pool,
-            device=device,
-            amp=amp,
-            max_samples=max_samples,
+            opts,
             d=dist_state(distributed),
-            progress=progress,
             blocks=16,
             seed=seed,
         )

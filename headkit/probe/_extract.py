@@ -292,23 +292,38 @@ def _layer_paths(folder: str, keys: Sequence[LayerSpec], prefix: str = "") -> di
     return out
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How features are extracted: the options `extract_features`, `layer_sweep`,
+    `recommend_layer` and the LiDAR views share (see `extract_features` for each)."""
+
+    pool: Pool = "auto"
+    device: torch.device | str | None = None
+    max_samples: int | None = None
+    store: str | os.PathLike[str] | None = None
+    progress: bool = True
+    amp: bool | torch.dtype = False
+    distributed: bool | None = None
+    out_device: torch.device | str | None = "cpu"
+
+
 def extract(
     model: object,
     loader: Iterable[Any],
     layers: Sequence[LayerSpec] | LayerSpec | None,
+    opts: ExtractOptions,
     *,
-    pool: Pool = "auto",
-    device: torch.device | str | None = None,
-    max_samples: int | None = None,
-    store: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    amp: bool | torch.dtype = False,
-    distributed: bool | None = None,
-    out_device: torch.device | str | None = "cpu",
     desc: str = "extract features",
     where: str = "extract_features",
 ) -> Extracted:
     """`extract_features` with the facts of the run and readers for every layer."""
+    pool, device, max_samples, store = opts.pool, opts.device, opts.max_samples, opts.store
+    progress, amp, distributed, out_device = (
+        opts.progress,
+        opts.amp,
+        opts.distributed,
+        opts.out_device,
+    )
     model = check_module(model, where)
     if max_samples is not None and (isinstance(max_samples, bool) or max_samples <= 0):
         raise HeadkitError(f"max_samples must be a positive int, got {max_samples!r}")
@@ -393,9 +408,9 @@ def extract(
     info: dict[str, Any] = {
         "device": str(dev),
         "amp": str(amp).replace("torch.", "") if amp else False,
-        "pool": pool
-        if isinstance(pool, str) or pool is None
-        else getattr(pool, "__name__", "callable"),
+        "pool": tap.pool
+        if isinstance(tap.pool, str) or tap.pool is None
+        else getattr(tap.pool, "__name__", "callable"),
         "extract_s": 0.0,
     }
     local_labels = torch.cat(labels) if labels else None
@@ -689,17 +704,6 @@ def extract_features(
         >>> feats["0"].shape, labels.shape
         (torch.Size([15, 8]), torch.Size([15]))
     """
-    ex = extract(
-        model,
-        loader,
-        layers,
-        pool=pool,
-        device=device,
-        max_samples=max_samples,
-        store=store,
-        progress=progress,
-        amp=amp,
-        distributed=distributed,
-        out_device=out_device,
-    )
+    opts = ExtractOptions(pool, device, max_samples, store, progress, amp, distributed, out_device)
+    ex = extract(model, loader, layers, opts)
     return Features(ex.feats, ex.labels)

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from .._errors import HeadkitError
 from .._layers.model import LayerSpec
 from .._layers.pool import Pool
 from ._checks import check_layers, knn_k_for
-from ._extract import Extracted, extract
+from ._extract import Extracted, ExtractOptions, extract
 from ._linear import fit_linear, linear_probe
 from ._metrics import encode_labels, knn_predict, moments
 from ._registry import ALIASES, METRICS, SPECTRAL, get_metric, spectrum_values
@@ -167,22 +168,14 @@ def layer_sweep(
         )
     d = dist_state(distributed)
     folder = None if store is None else os.fspath(store)
-    common: dict[str, Any] = {
-        "pool": pool,
-        "device": device,
-        "max_samples": max_samples,
-        "progress": progress,
-        "amp": amp,
-        "distributed": distributed,
-        "where": "layer_sweep",
-    }
+    common = ExtractOptions(pool, device, max_samples, None, progress, amp, distributed)
     tr = extract(
         model,
         train_loader,
         layers,
-        store=None if folder is None else os.path.join(folder, "train"),
+        replace(common, store=None if folder is None else os.path.join(folder, "train")),
         desc="extract train",
-        **common,
+        where="layer_sweep",
     )
     keys = list(tr.rows)
     check_layers(tr.rows)  # the one policy of degenerate data (docs/probe.md), every metric
@@ -220,17 +213,7 @@ def layer_sweep(
                 spectra.append(spectrum_values(unc, cen))
     if "lidar" in names:
         assert views is not None
-        vs = view_stats(
-            model,
-            views,
-            keys,
-            pool=pool,
-            device=device,
-            amp=amp,
-            max_samples=max_samples,
-            d=d,
-            progress=progress,
-        )
+        vs = view_stats(model, views, keys, common, d=d)
         out["lidar"] = [merge(vs[k]).value(layer=k) for k in keys]
         info["n_views_samples"] = next(iter(vs.values()))[0].n
     info["n_boot"] = n_boot if labelled else 0
@@ -257,7 +240,7 @@ def _labelled(
     keys: list[LayerSpec],
     labelled: list[str],
     folder: str | None,
-    common: dict[str, Any],
+    common: ExtractOptions,
     dev: torch.device,
     seed: int,
     test_fraction: float,
@@ -282,9 +265,9 @@ def _labelled(
             model,
             test_loader,
             keys,
-            store=None if folder is None else os.path.join(folder, "test"),
+            replace(common, store=None if folder is None else os.path.join(folder, "test")),
             desc="extract test",
-            **common,
+            where="layer_sweep",
         )
         if te.labels is None:
             raise HeadkitError(
