@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 import headkit
-from headkit import HeadkitError, LayerTap, feature_info, load_checkpoint, truncate_at
-from headkit._layers.model import (
-    block_lists,
-    check_module,
+from headkit import (
+    HeadkitError,
+    LayerTap,
     default_layers,
-    num_prefix_tokens,
-    unwrap,
+    feature_info,
+    load_checkpoint,
+    truncate_at,
 )
+from headkit._layers.model import block_lists, check_module, num_prefix_tokens, unwrap
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
