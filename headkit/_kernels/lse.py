@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ from torch import Tensor
 from . import backend as _backend
 from .op import KernelKey, KernelOp, run_kernel
 
-__all__ = ["LSE_OP", "lse", "lse_dense", "tile_shape"]
+__all__ = ["LSE_OP", "LseArgs", "lse", "lse_dense", "tile_shape"]
 
 LSE_OP = "contrastive_lse"
 
@@ -47,6 +47,21 @@ _TILE_ELEMS = int(os.environ.get("HEADKIT_TILE_ELEMS", str(1 << 22)))
 _MAX_COLS = 1024
 _TRITON_MAX_D = 256
 _EMPTY: dict[torch.device, Tensor] = {}
+
+
+class LseArgs(NamedTuple):
+    """The inputs of the op, as every implementation takes them: anchors ``q`` (A, D), keys
+    ``k`` (K, D), labels ``ql`` (A,) / ``kl`` (K,), the excluded key ``self_idx`` (A,) and
+    the positive key ``pos_idx`` (A,) of each anchor (empty tensors where unused), and
+    ``inv_t``, the inverse temperature."""
+
+    q: Tensor
+    k: Tensor
+    ql: Tensor
+    kl: Tensor
+    self_idx: Tensor
+    pos_idx: Tensor
+    inv_t: float
 
 
 def tile_shape(a: int, n: int) -> tuple[int, int]:
@@ -95,15 +110,8 @@ def _touches(rng: tuple[int, int] | None, c0: int, c1: int) -> bool:
     return rng is None or (rng[0] < c1 and rng[1] >= c0)
 
 
-def _fwd_torch(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _fwd_torch(args: LseArgs) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, ql, kl, self_idx, pos_idx, inv_t = args
     a, n = q.shape[0], k.shape[0]
     dt, dev = q.dtype, q.device
     lse = torch.full((a,), -math.inf, dtype=dt, device=dev)
@@ -165,17 +173,7 @@ def _fwd_torch(
 
 
 def _bwd_torch(
-    g_lse: Tensor,
-    g_pos: Tensor,
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    lse: Tensor,
-    inv_t: float,
-    symmetric: bool,
+    g_lse: Tensor, g_pos: Tensor, args: LseArgs, lse: Tensor, symmetric: bool
 ) -> tuple[Tensor, Tensor]:
     """``(dq, dk)``; with ``symmetric`` (k is q) both are one buffer holding their sum.
 
@@ -183,6 +181,7 @@ def _bwd_torch(
     q)``. ``exp(s - lse) * g_lse`` is one ``exp`` of ``s - (lse - log g_lse)``, the shift folded
     into the matmul (``addmm``), when every ``g_lse >= 0`` (checked on the host for CPU tensors).
     """
+    q, k, ql, kl, self_idx, pos_idx, inv_t = args
     a, n = q.shape[0], k.shape[0]
     dt, dev = q.dtype, q.device
     dq = torch.zeros_like(q)
@@ -276,24 +275,15 @@ def _key(q: Tensor, dot: str) -> KernelKey:
     )
 
 
-def _forward(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _forward(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    args, dot = LseArgs(*inputs[:7]), inputs[7]
+
     def triton() -> tuple[Tensor, Tensor, Tensor]:
         from . import triton as _triton
 
-        return _triton.lse_forward(q, k, ql, kl, self_idx, pos_idx, inv_t, dot)
+        return _triton.lse_forward(args, dot)
 
-    return run_kernel(
-        _key(q, dot), triton, lambda: _fwd_torch(q, k, ql, kl, self_idx, pos_idx, inv_t)
-    )
+    return run_kernel(_key(args.q, dot), triton, lambda: _fwd_torch(args))
 
 
 def _backward(
@@ -301,21 +291,16 @@ def _backward(
 ) -> tuple[Tensor, Tensor]:
     """``(dq, dk)``; with ``symmetric`` (``k is q``, eager route) ``dq`` holds their sum."""
     g_lse, g_pos = grads
-    q, k, ql, kl, self_idx, pos_idx, inv_t, dot = inputs
-    lse_ = saved[0]
+    args, dot, lse_ = LseArgs(*inputs[:7]), inputs[7], saved[0]
 
     def triton() -> tuple[Tensor, Tensor]:
         from . import triton as _triton
 
-        dq, dk = _triton.lse_backward(
-            g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse_, inv_t, dot
-        )
+        dq, dk = _triton.lse_backward(g_lse, g_pos, args, lse_, dot)
         return (dq.add_(dk), dq) if symmetric else (dq, dk)
 
     return run_kernel(
-        _key(q, dot),
-        triton,
-        lambda: _bwd_torch(g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse_, inv_t, symmetric),
+        _key(args.q, dot), triton, lambda: _bwd_torch(g_lse, g_pos, args, lse_, symmetric)
     )
 
 
@@ -405,24 +390,12 @@ def _check_lse(
         "plain": (e, e, e, e),
     }.items():
         dq_, dk_, dl, dkl, dsi, dpi = (x.to(device) for x in (q, k, lq, lk, si, pi))
-        got = _triton.lse_forward(dq_, dk_, dl, dkl, dsi, dpi, 2.0, dot)
-        ref = _fwd_torch(qr, kr, lq, lk, si, pi, 2.0)
-        got_g = _triton.lse_backward(
-            g_lse.to(device),
-            g_pos.to(device),
-            dq_,
-            dk_,
-            dl,
-            dkl,
-            dsi,
-            dpi,
-            got[0],
-            2.0,
-            dot,
-        )
-        ref_g = _bwd_torch(
-            g_lse.double(), g_pos.double(), qr, kr, lq, lk, si, pi, ref[0], 2.0, False
-        )
+        on_device = LseArgs(dq_, dk_, dl, dkl, dsi, dpi, 2.0)
+        ref_args = LseArgs(qr, kr, lq, lk, si, pi, 2.0)
+        got = _triton.lse_forward(on_device, dot)
+        ref = _fwd_torch(ref_args)
+        got_g = _triton.lse_backward(g_lse.to(device), g_pos.to(device), on_device, got[0], dot)
+        ref_g = _bwd_torch(g_lse.double(), g_pos.double(), ref_args, ref[0], False)
         for what, x, r in zip(
             ("lse", "pos", "cnt", "dq", "dk"), (*got, *got_g), (*ref, *ref_g), strict=True
         ):
