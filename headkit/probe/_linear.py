@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,10 +13,19 @@ from .._errors import HeadkitError
 from .._model import LayerSpec
 from ._metrics import check_finite_rows, check_xy, encode_labels
 from ._rows import Rows
+from ._solver import Blocks, eig_gram, fit_softmax
 
 __all__ = ["ProbeResult", "fit_linear", "linear_probe"]
 
 FeatureDict = Mapping[LayerSpec, Tensor]
+
+SOLVERS = ("lbfgs", "adam")
+# L2 penalties (on the mean loss) tried by the full-batch solver; scikit-learn's C is 1 / (wd n)
+LBFGS_WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+ADAM_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
+# a layer's standardised training features are kept in memory for the full-batch solver up to
+# this size; larger ones are standardised block by block at every pass
+_KEEP_BYTES = 128 << 20
 
 
 class ProbeResult(dict[LayerSpec, float]):
@@ -218,6 +227,163 @@ def _predict(
     return torch.cat(preds), loss
 
 
+def _standardised(rows: Rows, stats: _Stats, dev: torch.device) -> Blocks:
+    """A pass over ``rows`` standardised with ``stats``: one kept tensor, or blocks re-read."""
+    if rows.n * rows.d * 4 <= _KEEP_BYTES:
+        x = torch.empty(rows.n, rows.d, device=dev)
+        s = 0
+        for block in rows.chunks():
+            m = int(block.shape[0])
+            torch.div(block.to(dev) - stats.mean, stats.std, out=x[s : s + m])
+            s += m
+
+        def kept() -> Iterator[tuple[int, Tensor]]:
+            yield 0, x
+
+        return kept
+
+    def streamed() -> Iterator[tuple[int, Tensor]]:
+        s = 0
+        for block in rows.chunks():
+            yield s, (block.to(dev) - stats.mean) / stats.std
+            s += int(block.shape[0])
+
+    return streamed
+
+
+def _choose(val_acc: Tensor, val_loss: Tensor, n_val: int) -> Tensor:
+    """Per layer, the setting with the best held-out accuracy; among those within one sample of
+    it, the lowest held-out loss. ``(L, P)`` -> ``(L,)``."""
+    near = val_acc >= val_acc.max(1, keepdim=True).values - 1.0 / n_val - 1e-9
+    return torch.where(near, val_loss, torch.full_like(val_loss, math.inf)).argmin(1).cpu()
+
+
+def _fit_lbfgs(
+    train: list[Rows],
+    test: list[Rows],
+    ytr: Tensor,
+    c: int,
+    wds: Tensor,
+    fit_idx: Tensor,
+    val_idx: Tensor,
+    max_iter: int,
+    tol: float,
+    refit: bool,
+    dev: torch.device,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Full-batch probes, one layer at a time, all penalties of a layer at once.
+
+    Returns the chosen setting per layer ``(L,)``, the held-out accuracies ``(L, P)`` and the
+    test predictions per layer.
+    """
+    best_rows, val_rows_acc, preds = [], [], []
+    y_fit = ytr[fit_idx].to(dev)
+    y_val = ytr[val_idx].to(dev)
+    n_val = int(val_idx.numel())
+    for tr, te in zip(train, test, strict=True):
+        stats = _stats(tr, dev)  # all training rows: label-free, shared by fit and refit
+        fit_x = _standardised(tr.select(fit_idx), stats, dev)
+        eig = eig_gram(fit_x, tr.d)
+        w, b, _ = fit_softmax(fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol)
+        del fit_x
+        params = (w, b)
+        pred, loss = _predict(tr.select(val_idx), params, stats, dev, ytr[val_idx])
+        assert loss is not None
+        acc = (pred == y_val.view(-1, 1)).double().mean(0)
+        best = int(_choose(acc.view(1, -1), (loss / n_val).view(1, -1), n_val)[0])
+        if refit:
+            all_x = _standardised(tr, stats, dev)
+            params = fit_softmax(
+                all_x,
+                ytr.to(dev),
+                c,
+                wds[best : best + 1],
+                eig=eig,
+                max_iter=max_iter,
+                tol=tol,
+                init=(w[:, best : best + 1], b[best : best + 1]),
+            )[:2]
+            del all_x
+            preds.append(_predict(te, params, stats, dev)[0][:, 0])
+        else:
+            preds.append(_predict(te, params, stats, dev)[0][:, best])
+        best_rows.append(best)
+        val_rows_acc.append(acc)
+    return torch.tensor(best_rows), torch.stack(val_rows_acc), preds
+
+
+def _fit_adam(
+    train: Mapping[LayerSpec, Rows],
+    keys: list[LayerSpec],
+    test: Mapping[LayerSpec, Rows],
+    ytr: Tensor,
+    c: int,
+    lrs: Sequence[float],
+    weight_decays: Sequence[float],
+    fit_idx: Tensor,
+    val_idx: Tensor,
+    epochs: int,
+    batch_size: int,
+    refit: bool,
+    seed: int,
+    dev: torch.device,
+) -> tuple[Tensor, Tensor, list[Tensor], list[tuple[float, float]]]:
+    """Mini-batch Adam probes: every layer and every ``(lr, weight decay)`` at once."""
+    grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
+    lr_t = torch.tensor([g[0] for g in grid], dtype=torch.float32)
+    wd_t = torch.tensor([g[1] for g in grid], dtype=torch.float32)
+    n_layers = len(keys)
+    n_val = int(val_idx.numel())
+    fit_rows = [train[k].select(fit_idx) for k in keys]
+    val_rows = [train[k].select(val_idx) for k in keys]
+    fit_stats = [_stats(r, dev) for r in fit_rows]
+    params = _train(
+        fit_rows,
+        ytr[fit_idx],
+        fit_stats,
+        c,
+        lr_t.expand(n_layers, -1),
+        wd_t.expand(n_layers, -1),
+        epochs,
+        batch_size,
+        seed,
+        dev,
+    )
+    yval = ytr[val_idx].to(dev)
+    val_acc_rows, val_loss_rows = [], []
+    for i in range(n_layers):
+        pred, loss = _predict(val_rows[i], params[i], fit_stats[i], dev, ytr[val_idx])
+        assert loss is not None
+        val_acc_rows.append((pred == yval.view(-1, 1)).double().mean(0))
+        val_loss_rows.append(loss / n_val)
+    val_acc = torch.stack(val_acc_rows)  # (L, P)
+    val_loss = torch.stack(val_loss_rows)
+    best = _choose(val_acc, val_loss, n_val)
+    if refit:
+        full_stats = [_stats(train[k], dev) for k in keys]
+        chosen = _train(
+            [train[k] for k in keys],
+            ytr,
+            full_stats,
+            c,
+            lr_t[best].view(-1, 1),
+            wd_t[best].view(-1, 1),
+            epochs,
+            batch_size,
+            seed,
+            dev,
+        )
+        preds = [
+            _predict(test[k], chosen[i], full_stats[i], dev)[0][:, 0] for i, k in enumerate(keys)
+        ]
+    else:
+        preds = []
+        for i, k in enumerate(keys):
+            pred = _predict(test[k], params[i], fit_stats[i], dev)[0]
+            preds.append(pred[:, int(best[i])])
+    return best, val_acc, preds, grid
+
+
 def fit_linear(
     train: Mapping[LayerSpec, Rows],
     train_labels: Tensor,
@@ -225,13 +391,15 @@ def fit_linear(
     test_labels: Tensor,
     *,
     lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
-    epochs: int = 100,
+    weight_decays: Sequence[float] | None = None,
+    epochs: int | None = None,
     batch_size: int = 256,
     val_fraction: float = 0.2,
     refit: bool = True,
     seed: int = 0,
     device: torch.device | str | None = None,
+    solver: str = "lbfgs",
+    tol: float = 1e-4,
 ) -> ProbeResult:
     """`linear_probe` on `Rows` (features in memory or on disk)."""
     keys = list(train)
@@ -262,10 +430,20 @@ def fit_linear(
         check_finite_rows(test[k], k, "test")
     if not 0 < val_fraction < 1:
         raise HeadkitError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if solver not in SOLVERS:
+        raise HeadkitError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if weight_decays is None:
+        weight_decays = LBFGS_WEIGHT_DECAYS if solver == "lbfgs" else ADAM_WEIGHT_DECAYS
     if not lrs or not weight_decays:
         raise HeadkitError("lrs and weight_decays must be non-empty")
+    if any(not math.isfinite(float(w)) or float(w) < 0 for w in weight_decays):
+        raise HeadkitError(f"weight_decays must be finite and >= 0, got {list(weight_decays)}")
+    if epochs is None:
+        epochs = 100
     if isinstance(epochs, bool) or epochs < 1 or batch_size < 1:
         raise HeadkitError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if not tol > 0:
+        raise HeadkitError(f"tol must be > 0, got {tol}")
     dev = torch.device(device) if device is not None else next(iter(train.values())).device
     classes, ytr, (yte,) = encode_labels(train_labels.cpu(), test_labels.cpu())
     c = classes.numel()
@@ -273,65 +451,55 @@ def fit_linear(
         raise HeadkitError(
             f"linear_probe needs at least 2 classes in the training labels, got {classes.tolist()}"
         )
-    grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
-    lr_t = torch.tensor([g[0] for g in grid], dtype=torch.float32)
-    wd_t = torch.tensor([g[1] for g in grid], dtype=torch.float32)
     n = int(ytr.shape[0])
-    n_layers = len(keys)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(n * val_fraction))
     val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     if fit_idx.numel() == 0:
         raise HeadkitError(f"too few training samples ({n}) for a held-out split")
-    fit_rows = [train[k].select(fit_idx) for k in keys]
-    val_rows = [train[k].select(val_idx) for k in keys]
-    fit_stats = [_stats(r, dev) for r in fit_rows]
-    params = _train(
-        fit_rows,
-        ytr[fit_idx],
-        fit_stats,
-        c,
-        lr_t.expand(n_layers, -1),
-        wd_t.expand(n_layers, -1),
-        epochs,
-        batch_size,
-        seed,
-        dev,
-    )
-    yval = ytr[val_idx].to(dev)
-    val_acc_rows, val_loss_rows = [], []
-    for i in range(n_layers):
-        pred, loss = _predict(val_rows[i], params[i], fit_stats[i], dev, ytr[val_idx])
-        assert loss is not None
-        val_acc_rows.append((pred == yval.view(-1, 1)).double().mean(0))
-        val_loss_rows.append(loss / n_val)
-    val_acc = torch.stack(val_acc_rows)  # (L, P)
-    val_loss = torch.stack(val_loss_rows)
-    # best held-out accuracy; among settings within one sample of it, the lowest held-out loss
-    near = val_acc >= val_acc.max(1, keepdim=True).values - 1.0 / n_val - 1e-9
-    best = torch.where(near, val_loss, torch.full_like(val_loss, math.inf)).argmin(1).cpu()
-    if refit:
-        full_stats = [_stats(train[k], dev) for k in keys]
-        chosen = _train(
+    settings: list[dict[str, float]]
+    if solver == "lbfgs":
+        wd_list = [float(w) for w in weight_decays]
+        wd_l = torch.tensor(wd_list, dtype=torch.float32)
+        best, val_acc, preds = _fit_lbfgs(
             [train[k] for k in keys],
+            [test[k] for k in keys],
             ytr,
-            full_stats,
             c,
-            lr_t[best].view(-1, 1),
-            wd_t[best].view(-1, 1),
+            wd_l,
+            fit_idx,
+            val_idx,
+            epochs,
+            tol,
+            refit,
+            dev,
+        )
+        n_used = n if refit else int(fit_idx.numel())
+        settings = [
+            {
+                "weight_decay": wd_list[int(i)],
+                "C": 1.0 / (wd_list[int(i)] * n_used) if wd_list[int(i)] > 0 else math.inf,
+            }
+            for i in best
+        ]
+    else:
+        best, val_acc, preds, grid = _fit_adam(
+            train,
+            keys,
+            test,
+            ytr,
+            c,
+            lrs,
+            weight_decays,
+            fit_idx,
+            val_idx,
             epochs,
             batch_size,
+            refit,
             seed,
             dev,
         )
-        preds = [
-            _predict(test[k], chosen[i], full_stats[i], dev)[0][:, 0] for i, k in enumerate(keys)
-        ]
-    else:
-        preds = []
-        for i, k in enumerate(keys):
-            pred = _predict(test[k], params[i], fit_stats[i], dev)[0]
-            preds.append(pred[:, int(best[i])])
+        settings = [{"lr": grid[int(i)][0], "weight_decay": grid[int(i)][1]} for i in best]
     yte_dev = yte.to(dev)
     result = ProbeResult()
     result.settings, result.val_accuracy, result.predictions, result.correct = {}, {}, {}, {}
@@ -340,7 +508,7 @@ def fit_linear(
         result[k] = float(ok.double().mean())
         result.correct[k] = ok
         result.predictions[k] = classes[preds[i].cpu()]
-        result.settings[k] = {"lr": grid[int(best[i])][0], "weight_decay": grid[int(best[i])][1]}
+        result.settings[k] = settings[i]
         result.val_accuracy[k] = float(val_acc[i, int(best[i])])
     return result
 
@@ -362,13 +530,15 @@ def linear_probe(
     test_labels: Tensor,
     *,
     lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
-    epochs: int = 100,
+    weight_decays: Sequence[float] | None = None,
+    epochs: int | None = None,
     batch_size: int = 256,
     val_fraction: float = 0.2,
     refit: bool = True,
     seed: int = 0,
     device: torch.device | str | None = None,
+    solver: str = "lbfgs",
+    tol: float = 1e-4,
 ) -> ProbeResult:
     """Linear-probe top-1 accuracy of every layer, all layers and settings trained at once.
 
@@ -436,4 +606,6 @@ def linear_probe(
         refit=refit,
         seed=seed,
         device=device,
+        solver=solver,
+        tol=tol,
     )
