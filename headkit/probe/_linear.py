@@ -26,6 +26,8 @@ ADAM_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
 # a layer's standardised training features are kept in memory for the full-batch solver up to
 # this size; larger ones are standardised block by block at every pass
 _KEEP_BYTES = 128 << 20
+# the grid is solved to a 10x looser tolerance than the refit: enough to rank the settings
+_GRID_TOL = 10.0
 
 
 class ProbeResult(dict[LayerSpec, float]):
@@ -284,7 +286,9 @@ def _fit_lbfgs(
         stats = _stats(tr, dev)  # all training rows: label-free, shared by fit and refit
         fit_x = _standardised(tr.select(fit_idx), stats, dev)
         eig = eig_gram(fit_x, tr.d)
-        w, b, _ = fit_softmax(fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol)
+        w, b, _ = fit_softmax(
+            fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol * _GRID_TOL
+        )
         del fit_x
         params = (w, b)
         pred, loss = _predict(tr.select(val_idx), params, stats, dev, ytr[val_idx])

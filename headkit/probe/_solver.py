@@ -74,11 +74,13 @@ def _loss_grad(
         m = int(x.shape[0])
         yy = y[s : s + m]
         logits = torch.addmm(b2, x, w2).view(m, p, c)
-        lse = torch.logsumexp(logits, -1)  # (m, P)
-        picked = logits.gather(2, yy.view(m, 1, 1).expand(m, p, 1))[..., 0]
-        nll += (lse - picked).double().sum(0)
+        shifted = logits.sub_(logits.amax(-1, keepdim=True))
+        picked = shifted.gather(2, yy.view(m, 1, 1).expand(m, p, 1))
+        e = shifted.exp_()  # in place: one exponential serves the loss and the gradient
+        z = e.sum(-1, keepdim=True)
+        nll += (z.log() - picked).double().sum((0, 2))  # -log softmax at the label
         if gw is not None and gb is not None:
-            r = logits.sub_(lse.unsqueeze(-1)).exp_()  # probabilities
+            r = e.div_(z)  # probabilities
             if curv is not None:  # sum of p (1 - p) over samples and classes
                 curv += (r - r.square()).sum((0, 2)).double()
             r.scatter_add_(
@@ -98,8 +100,8 @@ def _loss_grad(
 
 
 def _dot(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> Tensor:
-    """Per-problem inner products ``(P,)`` of ``(W (D, P, C), b (P, C))`` pairs, in float64."""
-    return (a[0] * b[0]).double().sum((0, 2)) + (a[1] * b[1]).double().sum(1)
+    """Per-problem inner products ``(P,)`` of ``(W (D, P, C), b (P, C))`` pairs (as float64)."""
+    return ((a[0] * b[0]).sum((0, 2)) + (a[1] * b[1]).sum(1)).double()
 
 
 def fit_softmax(
