@@ -1,4 +1,5 @@
-"""Linear probes: every layer and every (lr, weight decay) setting trained at once, streaming."""
+"""Linear probes: per layer a grid of L2 penalties solved at once (full-batch L-BFGS), or every
+layer and every (lr, weight decay) setting trained at once with mini-batch Adam; streaming."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ class ProbeResult(dict[LayerSpec, float]):
     """Top-1 test accuracy per layer (a dict), with the chosen settings and per-sample results.
 
     Attributes:
-        settings: ``{layer: {"lr": ..., "weight_decay": ...}}`` chosen on the held-out split.
+        settings: ``{layer: {"weight_decay": ..., "C": ...}}`` chosen on the held-out split
+            (``C = 1 / (weight_decay * n)``, scikit-learn's ``C`` for the ``n`` samples of the
+            final fit); with ``solver="adam"``, ``{layer: {"lr": ..., "weight_decay": ...}}``.
         val_accuracy: ``{layer: accuracy on the held-out split with the chosen setting}``.
         predictions: ``{layer: (M,) predicted labels of the test samples}`` (CPU).
         correct: ``{layer: (M,) bool, whether each test sample was classified right}`` (CPU);
@@ -44,9 +47,9 @@ class ProbeResult(dict[LayerSpec, float]):
         >>> import torch
         >>> from headkit.probe import linear_probe
         >>> x = torch.randn(100, 4); y = (x[:, 0] > 0).long()
-        >>> res = linear_probe({"a": x[:80]}, y[:80], {"a": x[80:]}, y[80:], epochs=5)
+        >>> res = linear_probe({"a": x[:80]}, y[:80], {"a": x[80:]}, y[80:])
         >>> sorted(res.settings["a"]), res.correct["a"].shape
-        (['lr', 'weight_decay'], torch.Size([20]))
+        (['C', 'weight_decay'], torch.Size([20]))
     """
 
     settings: dict[LayerSpec, dict[str, float]]
@@ -286,9 +289,7 @@ def _fit_lbfgs(
         stats = _stats(tr, dev)  # all training rows: label-free, shared by fit and refit
         fit_x = _standardised(tr.select(fit_idx), stats, dev)
         eig = eig_gram(fit_x, tr.d)
-        w, b, _ = fit_softmax(
-            fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol * _GRID_TOL
-        )
+        w, b, _ = fit_softmax(fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol * _GRID_TOL)
         del fit_x
         params = (w, b)
         pred, loss = _predict(tr.select(val_idx), params, stats, dev, ytr[val_idx])
@@ -544,32 +545,45 @@ def linear_probe(
     solver: str = "lbfgs",
     tol: float = 1e-4,
 ) -> ProbeResult:
-    """Linear-probe top-1 accuracy of every layer, all layers and settings trained at once.
+    """Linear-probe top-1 accuracy of every layer, each with its L2 penalty chosen on held-out data.
 
-    Softmax-regression probes for every layer and every ``(lr, weight_decay)`` pair train
-    together: layers of the same width share one batched matrix multiply per step (no layer is
-    padded to the widest), and one Adam update (per-probe learning rates, cosine schedule)
-    serves all parameters. Features are standardised per layer with training statistics and
-    read one mini-batch at a time, so memory is a batch plus the probe weights: features
-    memory-mapped from a ``store`` folder stay on disk. The best setting per layer is chosen on
-    a held-out ``val_fraction`` of the training features (best accuracy; near-ties go to the
-    lowest held-out loss), then, with ``refit``, retrained on all training features and scored
-    on the test features.
+    A softmax-regression probe per layer (features standardised with the layer's training mean
+    and standard deviation). The default solver (``"lbfgs"``) minimises the mean cross-entropy
+    plus ``wd / 2 * ||W||^2`` (biases not penalised; scikit-learn's ``LogisticRegression`` with
+    ``C = 1 / (wd * n)``) with full-batch L-BFGS, preconditioned by the inverse Hessian at the
+    start (from the eigendecomposition of the features' ``D x D`` second moments); every penalty
+    of a layer is solved at once, in one matrix multiply per pass, and each stops on its own at
+    scikit-learn's criterion (``max |gradient| <= tol``). Layers are solved one after another:
+    memory is one layer's training features (kept standardised up to 128 MiB; larger layers,
+    and features memory-mapped from a ``store`` folder beyond that, are read block by block at
+    every pass) plus the probes. The best penalty per layer is chosen on a held-out
+    ``val_fraction`` of the training features (best accuracy; near-ties go to the lowest
+    held-out loss), then, with ``refit``, solved again on all training features (warm-started)
+    and scored on the test features. ``solver="adam"`` trains mini-batch probes for every
+    ``(lr, weight_decay)`` pair instead (all layers and settings at once, cosine schedule).
 
     Args:
         train_feats: ``{layer: (N, D)}`` (or one ``(N, D)`` tensor, keyed ``"features"``).
         train_labels: ``(N,)`` integer labels.
         test_feats: ``{layer: (M, D)}`` with the same layers.
         test_labels: ``(M,)`` integer labels (classes absent from training count as wrong).
-        lrs: learning rates to try.
-        weight_decays: L2 penalties (``wd / 2 * ||W||^2``) to try.
-        epochs: passes over the training features.
-        batch_size: mini-batch size.
+        lrs: learning rates to try (``solver="adam"`` only).
+        weight_decays: L2 penalties (``wd / 2 * ||W||^2`` on the mean loss) to try. Default:
+            ``(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)`` for ``"lbfgs"``,
+            ``(0, 1e-4, 1e-3, 1e-2)`` for ``"adam"``.
+        epochs: ``"lbfgs"``: the most iterations (each one pass over the training features,
+            plus one per line-search backtrack; default 100, scikit-learn's ``max_iter``);
+            ``"adam"``: passes over the training features (default 100).
+        batch_size: mini-batch size (``"adam"`` only).
         val_fraction: share of the training features held out to choose the setting.
-        refit: retrain the chosen setting on all training features (all layers at once) before
-            testing; False scores the chosen probe as trained on the fit split (about 2x faster).
-        seed: seed of the split and the shuffling.
+        refit: fit the chosen setting again on all training features before testing; False
+            scores the chosen probe as fitted on the fit split.
+        seed: seed of the split (and of the shuffling for ``"adam"``).
         device: where to train (default: the device of the training features).
+        solver: ``"lbfgs"`` (full batch, default) or ``"adam"`` (mini-batch).
+        tol: ``"lbfgs"``: a probe stops once its largest gradient entry is at most ``tol``
+            (scikit-learn's default, 1e-4, for the refit; the grid before selection stops at
+            ``10 * tol``, enough to rank the penalties).
 
     Returns:
         `ProbeResult`: ``{layer: accuracy in [0, 1]}`` with ``.settings``, ``.val_accuracy``,
@@ -577,16 +591,16 @@ def linear_probe(
 
     Raises:
         HeadkitError: mismatched counts, empty or non-finite features, one class only, layers
-            that differ between train and test.
+            that differ between train and test, an unknown solver, negative penalties.
 
     Example:
         >>> import torch
         >>> from headkit.probe import linear_probe
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(400, 5, generator=g); y = (x[:, 0] > 0).long()
-        >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:], epochs=50)
-        >>> acc["a"] > 0.9
-        True
+        >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:])
+        >>> acc["a"] > 0.9, acc.settings["a"]["weight_decay"] in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+        (True, True)
     """
     tr = _as_dict(train_feats, "train_feats")
     te = _as_dict(test_feats, "test_feats")
