@@ -180,7 +180,7 @@ def main() -> None:
         print("(no Fashion-MNIST in the cache: run `bash scripts/get_data.sh`; digits stand in)")
     if not args.skip_parity:
         splits = 2 if args.smoke else args.splits
-        cs = np.logspace(-4, 2, 7 if args.smoke else 13)
+        cs = np.logspace(-3, 1, 5) if args.smoke else np.logspace(-4, 2, 13)
         print(
             f"\n(a) parity, {splits} random splits per set; scikit-learn at its best C of "
             f"{len(cs)} (log-spaced {cs[0]:g}..{cs[-1]:g}, best mean test accuracy); "
@@ -224,7 +224,8 @@ def main() -> None:
             idx = np.arange(n) % len(yd)
             src = (relu_features(xd, 784, 3)[idx], yd[idx])
             what = "hidden layers of a random ReLU MLP on digits (no Fashion-MNIST cached)"
-        timing(what, mlp_layers(src[0], n_layers, width), src[1], n_train, args.rounds)
+        rounds = 1 if args.smoke else args.rounds
+        timing(what, mlp_layers(src[0], n_layers, width), src[1], n_train, rounds)
         # the synthetic layers of bench_probe.py: Gaussian noise + class means (easy to fit)
         g = torch.Generator().manual_seed(0)
         yg = torch.randint(0, 10, (n,), generator=g)
@@ -234,9 +235,7 @@ def main() -> None:
             ).numpy()
             for _ in range(n_layers)
         ]
-        timing(
-            "Gaussian layers (noise + 0.5 x class means)", gauss, yg.numpy(), n_train, args.rounds
-        )
+        timing("Gaussian layers (noise + 0.5 x class means)", gauss, yg.numpy(), n_train, rounds)
 
 
 def timing(what: str, layers: list[np.ndarray], y: np.ndarray, n_train: int, rounds: int) -> None:
