@@ -10,6 +10,8 @@ inverse Hessian, so the first step is a Newton step, and L-BFGS corrects the res
 probabilities sharpen. Each problem has its own Armijo backtracking line search, stops on its
 own at scikit-learn's criterion (largest gradient entry at most ``tol``) and then leaves the
 matrix multiplies, so the strongly regularised problems, which converge first, stop costing.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
