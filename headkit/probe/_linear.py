@@ -65,23 +65,26 @@ class _Stats:
 
 
 def _stats(rows: Rows, dev: torch.device) -> _Stats:
-    """Mean and (unbiased) standard deviation per feature, streamed in float64."""
-    shift: Tensor | None = None
-    s1 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
-    s2 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
-    for block in rows.chunks(rows.block_rows(itemsize=8)):
-        b = block.to(dev, torch.float64)
-        if shift is None:
-            shift = b[0].clone()
-        b = b - shift
-        s1 += b.sum(0)
-        s2 += b.square().sum(0)
-    assert shift is not None
-    n = rows.n
-    mean = s1 / n
-    var = (s2 - n * mean.square()) / max(1, n - 1)
+    """Mean and (unbiased) standard deviation per feature, in one streamed pass.
+
+    Each block's mean and variance come from `torch.var_mean` (two passes over the block, no
+    cancellation); the blocks are merged in float64 (Chan et al.'s pairwise update).
+    """
+    n = 0
+    mean = torch.zeros(rows.d, dtype=torch.float64, device=dev)
+    m2 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
+    for block in rows.chunks():
+        b = block.to(dev)
+        k = int(b.shape[0])
+        var_b, mean_b = torch.var_mean(b, 0, correction=0)
+        delta = mean_b.double() - mean
+        tot = n + k
+        mean += delta * (k / tot)
+        m2 += var_b.double() * k + delta.square() * (n * k / tot)
+        n = tot
+    var = m2 / max(1, n - 1)
     std = var.clamp_min(0).sqrt().clamp_min(1e-6)
-    return _Stats((shift + mean).float(), std.float())
+    return _Stats(mean.float(), std.float())
 
 
 @dataclass
@@ -288,7 +291,7 @@ def _fit_lbfgs(
     for tr, te in zip(train, test, strict=True):
         stats = _stats(tr, dev)  # all training rows: label-free, shared by fit and refit
         fit_x = _standardised(tr.select(fit_idx), stats, dev)
-        eig = eig_gram(fit_x, tr.d)
+        eig = eig_gram(fit_x, tr.d, max_rows=max(2048, 4 * tr.d))
         w, b, _ = fit_softmax(fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol * _GRID_TOL)
         del fit_x
         params = (w, b)

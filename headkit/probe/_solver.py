@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+# an L-BFGS pair: s = ((D, P, C), (P, C)), y likewise, rho (P,)
+Pair = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor]
 # a pass over the (standardised) features: yields consecutive blocks (b, D) and their offsets
 Blocks = Callable[[], Iterator[tuple[int, Tensor]]]
 
@@ -35,19 +37,23 @@ class SolveInfo:
     stopped_at: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (P,)
 
 
-def eig_gram(blocks: Blocks, d: int) -> tuple[Tensor, Tensor]:
+def eig_gram(blocks: Blocks, d: int, max_rows: int | None = None) -> tuple[Tensor, Tensor]:
     """Eigenvalues ``(D,)`` and eigenvectors ``(D, D)`` of ``X^T X / n``, in one pass.
 
-    The products are in the features' dtype (the preconditioner needs no more), the
-    eigendecomposition in float64.
+    In the features' dtype: the preconditioner needs no more. ``max_rows`` stops after about that
+    many rows (the second moments of a few thousand rows precondition as well as all of them).
     """
     s: Tensor | None = None
     n = 0
     for _, x in blocks():
+        if max_rows is not None and n + int(x.shape[0]) > max_rows and n > 0:
+            break
+        if max_rows is not None and int(x.shape[0]) > max_rows:
+            x = x[:max_rows]
         s = x.T @ x if s is None else s.addmm_(x.T, x)
         n += int(x.shape[0])
     assert s is not None
-    ev, u = torch.linalg.eigh(s.double() / max(1, n))
+    ev, u = torch.linalg.eigh(s / max(1, n))
     return ev.clamp_min(0), u
 
 
@@ -182,7 +188,8 @@ def fit_softmax(
     out_done = done.clone()
     out_it = torch.zeros(p, dtype=torch.long, device=dev)
     alive = torch.arange(p, device=dev)
-    hist: list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor]] = []
+    hist: list[Pair] = []
+
     for _ in range(max_iter):
         if bool(done.any()):  # retire the problems that are done: the rest run narrower
             out_v[:, alive] = v
