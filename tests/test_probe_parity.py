@@ -153,3 +153,14 @@ def test_solver_arguments_are_checked() -> None:
     # the Adam solver still takes its learning rates
     res = linear_probe(x[:30], y[:30], x[30:], y[30:], solver="adam", lrs=[1e-2], epochs=2)
     assert set(res.settings["features"]) == {"lr", "weight_decay"}
+
+
+def test_degenerate_features_are_probed() -> None:
+    """Constant and repeated columns (a rank-deficient second-moment matrix, as dead ReLU units
+    give) still precondition: the probe runs and finds the signal in the live columns."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (400,), generator=g)
+    live = torch.randn(400, 6, generator=g) + 2 * torch.randn(4, 6, generator=g)[y]
+    x = torch.cat([live, live, live[:, :2], torch.zeros(400, 200), torch.ones(400, 50)], 1)
+    res = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:])
+    assert res["a"] > 0.7  # chance is 0.25; the live columns separate the classes

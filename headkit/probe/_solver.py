@@ -40,8 +40,10 @@ class SolveInfo:
 def eig_gram(blocks: Blocks, d: int, max_rows: int | None = None) -> tuple[Tensor, Tensor]:
     """Eigenvalues ``(D,)`` and eigenvectors ``(D, D)`` of ``X^T X / n``, in one pass.
 
-    In the features' dtype: the preconditioner needs no more. ``max_rows`` stops after about that
-    many rows (the second moments of a few thousand rows precondition as well as all of them).
+    The products in the features' dtype (the preconditioner needs no more), the
+    eigendecomposition in float64 (float32 LAPACK fails on degenerate features, e.g. many
+    constant ones). ``max_rows`` stops after about that many rows (the second moments of a few
+    thousand rows precondition as well as all of them).
     """
     s: Tensor | None = None
     n = 0
@@ -53,8 +55,20 @@ def eig_gram(blocks: Blocks, d: int, max_rows: int | None = None) -> tuple[Tenso
         s = x.T @ x if s is None else s.addmm_(x.T, x)
         n += int(x.shape[0])
     assert s is not None
-    ev, u = torch.linalg.eigh(s / max(1, n))
-    return ev.clamp_min(0), u
+    sd = s.double() / max(1, n)
+    try:
+        ev, u = torch.linalg.eigh(sd)
+    except RuntimeError:  # LAPACK gave up (degenerate features): nudge the diagonal, else skip
+        try:
+            ev, u = torch.linalg.eigh(
+                sd
+                + 1e-8
+                * float(sd.diagonal().abs().max() + 1)
+                * torch.eye(d, dtype=sd.dtype, device=sd.device)
+            )
+        except RuntimeError:
+            ev, u = sd.diagonal().clone(), torch.eye(d, dtype=sd.dtype, device=sd.device)
+    return ev.clamp_min(0).to(s.dtype), u.to(s.dtype)
 
 
 def _loss_grad(
