@@ -34,8 +34,15 @@ HEAD_NAMES = {"none": "no head", "mlp": "MLPHead", "reweight": "ReweightHead"}
 LAYERS = ("backbone.block1", "backbone.block2", "backbone", "head")
 DROP_P = 0.5
 KAPPA = 1.05
-# light linear probes: the same for every layer, head and seed (the demo must stay short)
-PROBE = {"epochs": 40, "refit": False, "lrs": (1e-2, 1e-1), "weight_decays": (0.0, 1e-3)}
+# light linear probes: the same for every layer, head and seed (the demo must stay short); the
+# mini-batch Adam probe its published numbers were measured with
+PROBE = {
+    "epochs": 40,
+    "refit": False,
+    "lrs": (1e-2, 1e-1),
+    "weight_decays": (0.0, 1e-3),
+    "solver": "adam",
+}
 
 
 # ----------------------------------------------------------------------------- model
