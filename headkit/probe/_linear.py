@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,7 +18,12 @@ from ._metrics import check_finite_rows, check_xy, encode_labels
 from ._rows import Rows
 from ._solver import Blocks, eig_gram, fit_softmax
 
-__all__ = ["ProbeResult", "fit_linear", "linear_probe"]
+__all__ = [
+    "ProbeResult",
+    "ProbeSettings",
+    "fit_linear",
+    "linear_probe",
+]
 
 FeatureDict = Mapping[LayerSpec, Tensor]
 
@@ -394,24 +400,43 @@ def _fit_adam(
     return best, val_acc, preds, grid
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The settings of the linear probes (see `linear_probe` for each): one object that
+    `linear_probe`, `layer_sweep`'s ``probe_kwargs`` and the few-label rules pass down."""
+
+    lrs: Sequence[float] = (1e-3, 1e-2, 1e-1)
+    weight_decays: Sequence[float] | None = None
+    epochs: int | None = None
+    batch_size: int = 256
+    val_fraction: float = 0.2
+    refit: bool = True
+    seed: int = 0
+    device: torch.device | str | None = None
+    solver: str = "lbfgs"
+    tol: float = 1e-4
+
+
 def fit_linear(
     train: Mapping[LayerSpec, Rows],
     train_labels: Tensor,
     test: Mapping[LayerSpec, Rows],
     test_labels: Tensor,
-    *,
-    lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
-    weight_decays: Sequence[float] | None = None,
-    epochs: int | None = None,
-    batch_size: int = 256,
-    val_fraction: float = 0.2,
-    refit: bool = True,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    solver: str = "lbfgs",
-    tol: float = 1e-4,
+    settings: ProbeSettings | None = None,
+    **overrides: Any,
 ) -> ProbeResult:
-    """`linear_probe` on `Rows` (features in memory or on disk)."""
+    """`linear_probe` on `Rows` (features in memory or on disk), with `ProbeSettings` (or
+    keyword overrides of the defaults)."""
+    st = replace(settings or ProbeSettings(), **overrides)
+    lrs, weight_decays, epochs, batch_size = st.lrs, st.weight_decays, st.epochs, st.batch_size
+    val_fraction, refit, seed, device, solver, tol = (
+        st.val_fraction,
+        st.refit,
+        st.seed,
+        st.device,
+        st.solver,
+        st.tol,
+    )
     keys = list(train)
     if keys != list(test):
         raise HeadkitError(
@@ -468,7 +493,7 @@ def fit_linear(
     val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     if fit_idx.numel() == 0:
         raise HeadkitError(f"too few training samples ({n}) for a held-out split")
-    settings: list[dict[str, float]]
+    chosen: list[dict[str, float]]
     if solver == "lbfgs":
         wd_list = [float(w) for w in weight_decays]
         wd_l = torch.tensor(wd_list, dtype=torch.float32)
@@ -486,7 +511,7 @@ def fit_linear(
             dev,
         )
         n_used = n if refit else int(fit_idx.numel())
-        settings = [
+        chosen = [
             {
                 "weight_decay": wd_list[int(i)],
                 "C": 1.0 / (wd_list[int(i)] * n_used) if wd_list[int(i)] > 0 else math.inf,
@@ -510,7 +535,7 @@ def fit_linear(
             seed,
             dev,
         )
-        settings = [{"lr": grid[int(i)][0], "weight_decay": grid[int(i)][1]} for i in best]
+        chosen = [{"lr": grid[int(i)][0], "weight_decay": grid[int(i)][1]} for i in best]
     yte_dev = yte.to(dev)
     result = ProbeResult()
     result.settings, result.val_accuracy, result.predictions, result.correct = {}, {}, {}, {}
@@ -519,7 +544,7 @@ def fit_linear(
         result[k] = float(ok.double().mean())
         result.correct[k] = ok
         result.predictions[k] = classes[preds[i].cpu()]
-        result.settings[k] = settings[i]
+        result.settings[k] = chosen[i]
         result.val_accuracy[k] = float(val_acc[i, int(best[i])])
     return result
 
@@ -623,14 +648,7 @@ def linear_probe(
         train_labels,
         {k: Rows.of(v) for k, v in te.items()},
         test_labels,
-        lrs=lrs,
-        weight_decays=weight_decays,
-        epochs=epochs,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        refit=refit,
-        seed=seed,
-        device=device,
-        solver=solver,
-        tol=tol,
+        ProbeSettings(
+            lrs, weight_decays, epochs, batch_size, val_fraction, refit, seed, device, solver, tol
+        ),
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from .._layers.model import LayerSpec
 from .._layers.pool import Pool
 from ._checks import check_layers, knn_k_for
 from ._extract import Extracted, ExtractOptions, extract
-from ._linear import fit_linear, linear_probe
+from ._linear import ProbeSettings, fit_linear
 from ._metrics import encode_labels, knn_predict, moments
 from ._registry import ALIASES, METRICS, SPECTRAL, get_metric, spectrum_values
 from ._report import SweepReport
@@ -30,23 +29,19 @@ from ._views import merge, view_stats
 __all__ = ["DEFAULT_METRICS", "layer_sweep"]
 
 DEFAULT_METRICS = ("linear", "knn", "rankme", "unevenness")
-_PROBE_ARGS = {
-    name
-    for name, p in inspect.signature(linear_probe).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY
-}
+_PROBE_ARGS = {f.name for f in fields(ProbeSettings)}
 
 
 def _probe_kwargs(
     probe_kwargs: Mapping[str, Any] | None, seed: int, device: torch.device
-) -> dict[str, Any]:
+) -> ProbeSettings:
     kw = dict(probe_kwargs or {})
     unknown = sorted(set(kw) - _PROBE_ARGS)
     if unknown:
         raise HeadkitError(
             f"probe_kwargs has unknown arguments {unknown}; linear_probe takes {sorted(_PROBE_ARGS)}"
         )
-    return {"seed": seed, "device": device, **kw}
+    return ProbeSettings(**{"seed": seed, "device": device, **kw})
 
 
 def _known(name: object) -> bool:
@@ -294,13 +289,18 @@ def _labelled(
     info["n_test"] = int(yte.shape[0])
     correct: dict[str, Tensor] = {}
     if "linear" in labelled:
-        res = fit_linear(train_rows, ytr, test_rows, yte, **kw)
+        res = fit_linear(train_rows, ytr, test_rows, yte, kw)
         out["linear"] = [res[k] for k in keys]
         correct["linear"] = torch.stack([res.correct[k] for k in keys])
         info["linear"] = {
-            "seed": kw["seed"],
+            "seed": kw.seed,
+            "solver": kw.solver,
             "settings": {str(k): v for k, v in res.settings.items()},
-            **{a: kw[a] for a in ("epochs", "batch_size", "lrs", "weight_decays") if a in kw},
+            **{
+                a: getattr(kw, a)
+                for a in ("epochs", "batch_size", "lrs", "weight_decays")
+                if a in (probe_kwargs or {})
+            },
         }
     if "knn" in labelled:
         knn_k = knn_k_for(knn_k, int(ytr.shape[0]))
