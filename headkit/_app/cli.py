@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -646,30 +646,33 @@ def _write_outputs(
     except Exception as err:
         problems.append(f"the results could not be printed ({why_not(err)})")
     saved = None
-    if args.out and text is not None:
+
+    def write(flag: str, path: str, what: str, do: Callable[[], None]) -> bool:
         try:
-            write_text(args.out, text)
-            saved = args.out
-            if existing.get("--out"):
-                print(
-                    f"headkit sweep: note: replaced the existing file {show(args.out)!r}",
-                    file=sys.stderr,
-                )
-            say(f"report written to {show(args.out)}")
+            do()
         except Exception as err:
-            problems.append(f"--out {show(args.out)!r} could not be written ({why_not(err)})")
+            problems.append(f"{flag} {show(path)!r} could not be written ({why_not(err)})")
+            return False
+        if existing.get(flag):
+            print(
+                f"headkit sweep: note: replaced the existing file {show(path)!r}", file=sys.stderr
+            )
+        say(f"{what} written to {show(path)}")
+        return True
+
+    if (
+        args.out
+        and text is not None
+        and write("--out", args.out, "report", lambda: write_text(args.out, text))
+    ):
+        saved = args.out
     if args.plot:
-        try:
-            fig = report.figure()
-            write_atomic(args.plot, lambda tmp: fig.savefig(tmp, dpi=120))
-            if existing.get("--plot"):
-                print(
-                    f"headkit sweep: note: replaced the existing file {show(args.plot)!r}",
-                    file=sys.stderr,
-                )
-            say(f"plot written to {show(args.plot)}")
-        except Exception as err:
-            problems.append(f"--plot {show(args.plot)!r} could not be written ({why_not(err)})")
+        write(
+            "--plot",
+            args.plot,
+            "plot",
+            lambda: write_atomic(args.plot, lambda tmp: report.figure().savefig(tmp, dpi=120)),
+        )
     if not problems:
         return 0
     if saved is None and text is not None:

@@ -236,19 +236,15 @@ class ImageSource:
     ``test`` is set when the source brings its own test split (``x_test``/``y_test`` in an
     ``.npz``); `dataset` yields ``(image (C, H, W) float in [0, 1], label)``.
 
+
     Example:
-        >>> import os, tempfile
-        >>> import numpy as np
-        >>> from headkit.data import open_images
-        >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
-        >>> x = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
-        >>> np.savez(path, x=x, y=np.arange(20) % 2)
-        >>> src = open_images(path)
-        >>> src.facts.kind, src.facts.n, src.facts.image_size
-        ('npz', 20, (8, 8))
-        >>> image, label = src.dataset()[0]
-        >>> tuple(image.shape), float(image.max()) <= 1.0
-        ((1, 8, 8), True)
+        >>> from headkit.data import digits, open_images
+        >>> import os, tempfile, numpy as np
+        >>> x, y = digits()
+        >>> path = os.path.join(tempfile.mkdtemp(), "digits.npz")
+        >>> np.savez(path, x=(x[:50, 0] * 255).byte().numpy(), y=y[:50].numpy())
+        >>> len(open_images(path).dataset(size=(16, 16)))
+        50
     """
 
     facts: DataFacts

@@ -526,8 +526,26 @@ def _summarise(reports: list[Any], cls: Any, seeds: int) -> Any:
     )
 
 
+def _cell(summ: Any, layer: str, text: Callable[[Any, int], str]) -> str:
+    """One head's cell of a layer's row: ``text(summary, index)``, or ``-`` where the head
+    has no such layer."""
+    return text(summ, summ.layers.index(layer)) if layer in summ.layers else "-"
+
+
 def _table(res: DemoResult, lin: Any, rank: Any, unev: Any) -> str:
     heads = list(HEADS)
+
+    def accuracy(summ: Any, i: int) -> str:
+        b = summ.bounds["linear"][i]
+        cell: str = lin.format(summ.metrics["linear"][i])
+        return cell if b is None else f"{cell} ({lin.format(b[0])}-{lin.format(b[1])})"
+
+    def spectra(summ: Any, i: int) -> str:
+        return (
+            f"{rank.format(summ.metrics['rankme'][i])} / "
+            f"{unev.format(summ.metrics['unevenness'][i])}"
+        )
+
     head = ["layer", "role", *(HEAD_NAMES[h] for h in heads)]
     rows = []
     for layer in LAYERS:
@@ -536,20 +554,7 @@ def _table(res: DemoResult, lin: Any, rank: Any, unev: Any) -> str:
             if layer == "backbone"
             else ("post-projection" if layer == "head" else "")
         )
-        row = [layer, role]
-        for h in heads:
-            summ = res.summary[h]
-            if layer not in summ.layers:
-                row.append("-")
-                continue
-            i = summ.layers.index(layer)
-            v = summ.metrics["linear"][i]
-            b = summ.bounds["linear"][i]
-            cell = lin.format(v)
-            if b is not None:
-                cell += f" ({lin.format(b[0])}-{lin.format(b[1])})"
-            row.append(cell)
-        rows.append(row)
+        rows.append([layer, role, *(_cell(res.summary[h], layer, accuracy) for h in heads)])
     lines = _columns(head, rows)
     lines.append("")
     lines.append(
@@ -559,17 +564,7 @@ def _table(res: DemoResult, lin: Any, rank: Any, unev: Any) -> str:
     head2 = ["layer", *(f"{HEAD_NAMES[h]} {rank.display} / {unev.display}" for h in heads)]
     rows2 = []
     for layer in LAYERS:
-        row = [layer]
-        for h in heads:
-            summ = res.summary[h]
-            if layer not in summ.layers:
-                row.append("-")
-                continue
-            i = summ.layers.index(layer)
-            row.append(
-                f"{rank.format(summ.metrics['rankme'][i])} / {unev.format(summ.metrics['unevenness'][i])}"
-            )
-        rows2.append(row)
+        rows2.append([layer, *(_cell(res.summary[h], layer, spectra) for h in heads)])
     lines += _columns(head2, rows2)
     return "\n".join(lines)
 
