@@ -44,6 +44,27 @@ def _probe_kwargs(
     return ProbeSettings(**{"seed": seed, "device": device, **kw})
 
 
+def _extract_part(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layers: Sequence[LayerSpec] | None,
+    opts: ExtractOptions,
+    folder: str | None,
+    part: str,
+) -> Extracted:
+    """The features of one part of the data (``"train"``, ``"test"``), stored in the sweep's
+    folder under that name when there is one."""
+    store = None if folder is None else os.path.join(folder, part)
+    return extract(
+        model,
+        loader,
+        layers,
+        replace(opts, store=store),
+        desc=f"extract {part}",
+        where="layer_sweep",
+    )
+
+
 def _known(name: object) -> bool:
     return isinstance(name, str) and (name in METRICS or name in ALIASES)
 
@@ -164,14 +185,7 @@ def layer_sweep(
     d = dist_state(distributed)
     folder = None if store is None else os.fspath(store)
     common = ExtractOptions(pool, device, max_samples, None, progress, amp, distributed)
-    tr = extract(
-        model,
-        train_loader,
-        layers,
-        replace(common, store=None if folder is None else os.path.join(folder, "train")),
-        desc="extract train",
-        where="layer_sweep",
-    )
+    tr = _extract_part(model, train_loader, layers, common, folder, "train")
     keys = list(tr.rows)
     check_layers(tr.rows)  # the one policy of degenerate data (docs/probe.md), every metric
     dev = torch.device(tr.info["device"])  # where the model ran: the probes run there too
@@ -256,14 +270,7 @@ def _labelled(
     train_rows: dict[LayerSpec, Rows]
     test_rows: dict[LayerSpec, Rows]
     if test_loader is not None:
-        te = extract(
-            model,
-            test_loader,
-            keys,
-            replace(common, store=None if folder is None else os.path.join(folder, "test")),
-            desc="extract test",
-            where="layer_sweep",
-        )
+        te = _extract_part(model, test_loader, keys, common, folder, "test")
         if te.labels is None:
             raise HeadkitError(
                 f"metrics {labelled} need labels, but the test loader yields inputs only"
