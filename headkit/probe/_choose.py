@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from .._errors import HeadkitError, closest
 from .._model import LayerSpec
 from .._pool import Pool
+from . import _bench_table
 from ._dist import dist_state
 from ._extract import Features, extract
 from ._linear import fit_linear
@@ -22,7 +24,15 @@ from ._rows import Rows
 from ._stats import paired_bootstrap, tied_with
 from ._views import merge, view_stats
 
-__all__ = ["RULES", "LayerChoice", "choose_layer", "recommend_layer"]
+__all__ = [
+    "RULES",
+    "BenchRecord",
+    "LayerChoice",
+    "bench_record",
+    "choose_layer",
+    "guess_family",
+    "recommend_layer",
+]
 
 
 class RuleRegistry(Frozen[str, str]):
@@ -48,9 +58,131 @@ RULES: RuleRegistry = RuleRegistry(
         "lidar": "label-free, needs views: highest LiDAR",
         "knn_loo": "few labels: highest leave-one-out kNN accuracy on the labelled samples",
         "linear_cv": "few labels: highest cross-validated linear-probe accuracy on the labelled samples",
+        "ridge_loo": "few labels: highest closed-form leave-one-out accuracy of ridge regression "
+        "to one-hot labels (features standardised with every sample's statistics)",
     }
 )
-_FEW_LABEL = ("knn_loo", "linear_cv")
+_FEW_LABEL = ("knn_loo", "linear_cv", "ridge_loo")
+_RIDGE_LAMBDAS = (0.1, 1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """How a rule fared on headkit's layer-choice benchmark (``benchmarks/bench_layer_choice.py``),
+    on the benchmark cases most like the user's.
+
+    A case is one pretrained encoder and one downstream task; the oracle is a linear probe on
+    every layer, and a pick counts as tied when the paired bootstrap (95%) over test images
+    cannot separate it from the best layer. The numbers come from a committed table
+    (``headkit/probe/_bench_table.py``) that the benchmark writes; they describe the families,
+    objectives and small images of that grid (``grid``), not every encoder.
+
+    Attributes:
+        rule: the rule (a key of `RULES`).
+        scope: which cases: ``"family=vit, objective=simclr"``, ``"family=vit"``,
+            ``"objective=simclr"`` or ``"all"`` (the narrowest with at least ``min_cases``).
+        cases: how many cases the numbers rest on.
+        tie_rate: share of those cases whose pick was tied with the oracle's best.
+        tie_interval: its 95% Wilson interval.
+        mean_regret: mean points of linear-probe accuracy lost against the best layer.
+        regret_interval: its 95% bootstrap interval over cases.
+        goal_met: whether the rule met the benchmark's goal (tied in >= 80% of all cases and a
+            lower mean regret than every fixed default, overall and in every family).
+        grid: what the benchmark covered.
+
+    Example:
+        >>> from headkit.probe import bench_record
+        >>> r = bench_record("knn_loo")
+        >>> r is None or (0.0 <= r.tie_rate <= 1.0 and r.cases > 0)
+        True
+    """
+
+    rule: str
+    scope: str
+    cases: int
+    tie_rate: float
+    tie_interval: tuple[float, float]
+    mean_regret: float
+    regret_interval: tuple[float, float]
+    goal_met: bool
+    grid: str
+
+    def __str__(self) -> str:
+        lo, hi = self.tie_interval
+        rlo, rhi = self.regret_interval
+        goal = "meets" if self.goal_met else "does NOT meet"
+        return (
+            f"on the benchmark ({self.scope}, {self.cases} cases) {self.rule} was tied with the best "
+            f"layer in {100 * self.tie_rate:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}) and lost "
+            f"{self.mean_regret:.1f} points on average ({rlo:.1f}-{rhi:.1f}); it {goal} the "
+            "benchmark's goal"
+        )
+
+
+def _scopes(family: str | None, objective: str | None) -> list[str]:
+    out = []
+    if family and objective:
+        out.append(f"family={family}, objective={objective}")
+    if family:
+        out.append(f"family={family}")
+    if objective:
+        out.append(f"objective={objective}")
+    return [*out, "all"]
+
+
+def bench_record(
+    rule: str, family: str | None = None, objective: str | None = None, min_cases: int = 10
+) -> BenchRecord | None:
+    """How ``rule`` fared on the benchmark cases most like ``(family, objective)``.
+
+    Looks up the committed benchmark table: the narrowest scope with at least ``min_cases``
+    cases among ``(family, objective)``, ``family``, ``objective`` and all cases.
+
+    Args:
+        rule: a key of `RULES`.
+        family: the encoder family (``"mlp"``, ``"cnn3"``, ``"resnet"``, ``"vit"``,
+            ``"mixer"`` on the current grid); None or unknown: not used.
+        objective: the pretraining objective (``"simclr"``, ``"supcon"``, ``"byol"``,
+            ``"mae"``); None or unknown: not used.
+        min_cases: the fewest cases a scope must have to be used.
+
+    Returns:
+        `BenchRecord`, or None when the benchmark did not measure ``rule``.
+
+    Example:
+        >>> from headkit.probe import bench_record
+        >>> r = bench_record("rankme", family="vit")
+        >>> r is None or r.scope in ("family=vit", "all")
+        True
+    """
+    table = _bench_table.TABLE.get(rule)
+    if not table:
+        return None
+    for scope in _scopes(family, objective):
+        row = table.get(scope)
+        if row is not None and row[1] >= min_cases:
+            hits, n, mean, lo, hi = row
+            return BenchRecord(
+                rule=rule,
+                scope=scope,
+                cases=n,
+                tie_rate=hits / n,
+                tie_interval=_wilson(hits, n),
+                mean_regret=mean,
+                regret_interval=(lo, hi),
+                goal_met=bool(_bench_table.GOAL_MET.get(rule, False)),
+                grid=_bench_table.GRID,
+            )
+    return None
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.96
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 @dataclass
@@ -66,10 +198,14 @@ class LayerChoice:
         confidence: share of bootstrap resamples (of the samples) in which ``layer`` wins, or
             None with ``n_boot=0``.
         tied: the chosen layer and every layer whose paired bootstrap difference from it is not
-            significant at 5% (just ``[layer]`` with ``n_boot=0``).
+            significant at 5% (just ``[layer]`` with ``n_boot=0``): the layers this data
+            cannot separate from the pick.
         labelled: whether the rule used labels.
         n_samples: samples the scores were computed on.
-        info: other facts (``n_boot``, ``seed``, ``labels_per_class``, ...).
+        info: other facts (``n_boot``, ``seed``, ``labels_per_class``, ``family``, ...).
+        bench: how the rule fared on the benchmark cases most like this one (`BenchRecord`:
+            tie rate with the best layer and mean regret, with intervals and case counts), or
+            None when the benchmark did not measure the rule.
 
     Example:
         >>> from headkit.probe import LayerChoice
@@ -87,15 +223,22 @@ class LayerChoice:
     labelled: bool
     n_samples: int
     info: dict[str, Any] = field(default_factory=dict)
+    bench: BenchRecord | None = None
 
     def __str__(self) -> str:
         conf = "no bootstrap" if self.confidence is None else f"confidence {self.confidence:.2f}"
-        return f"layer {self.layer!r} by {self.rule} ({conf}; tied: {self.tied})"
+        text = f"layer {self.layer!r} by {self.rule} ({conf}; tied: {self.tied})"
+        if self.bench is not None:
+            text += f"\n{self.bench}"
+        return text
 
 
 def _check_rule(rule: str, has_labels: bool, has_views: bool) -> str:
     if rule == "auto":
-        return "knn_loo" if has_labels else "rankme"
+        if has_labels:
+            return _bench_table.BEST_FEW_LABEL
+        best = _bench_table.BEST_LABEL_FREE
+        return best if best != "lidar" or has_views else "rankme"
     if rule not in RULES:
         raise HeadkitError(
             f"unknown rule {rule!r}; choose from {list(RULES)} (or 'auto'); closest: {closest(rule, RULES)}"
@@ -221,6 +364,8 @@ def choose_layer(
     cv_folds: int = 5,
     probe_kwargs: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    family: str | None = None,
+    objective: str | None = None,
 ) -> LayerChoice:
     """Pick a layer from features already extracted (`recommend_layer` without the model).
 
@@ -232,7 +377,9 @@ def choose_layer(
             ``labels`` is given).
         labels: ``(N,)`` integer labels, for the few-label rules (may be for all N samples:
             ``labels_per_class`` keeps a few per class).
-        rule: a key of `RULES`, or ``"auto"``: ``"knn_loo"`` with labels, ``"rankme"`` without.
+        rule: a key of `RULES`, or ``"auto"``: the rule that measured best on the benchmark,
+            with labels (few-label rules) or without (label-free; ``"rankme"`` when that is
+            ``"lidar"`` and there are no views).
         views: for ``"lidar"``: ``{layer: (N, Q, D)}`` features of Q augmented views.
         labels_per_class: keep at most this many labelled samples per class (seeded) for the
             few-label rules; None keeps every label.
@@ -244,9 +391,12 @@ def choose_layer(
         cv_folds: folds of ``"linear_cv"``.
         probe_kwargs: arguments of `linear_probe` for ``"linear_cv"``.
         device: where the work runs (default: the features' device).
+        family: the encoder family, to report how the rule fared on the benchmark's most
+            similar cases (`bench_record`); None: all cases.
+        objective: the pretraining objective, likewise.
 
     Returns:
-        `LayerChoice`.
+        `LayerChoice` (with ``.bench``).
 
     Raises:
         HeadkitError: unknown rule, a few-label rule without labels, ``lidar`` without views.
@@ -284,6 +434,8 @@ def choose_layer(
         cv_folds,
         probe_kwargs,
         dev,
+        family,
+        objective,
     )
 
 
@@ -312,6 +464,8 @@ def _choose(
     cv_folds: int,
     probe_kwargs: Mapping[str, Any] | None,
     dev: torch.device,
+    family: str | None = None,
+    objective: str | None = None,
 ) -> LayerChoice:
     rule = _check_rule(rule, labels is not None, views is not None)
     if isinstance(n_boot, bool) or n_boot < 0:
@@ -329,6 +483,9 @@ def _choose(
         if rule == "knn_loo":
             correct = _knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
+        elif rule == "ridge_loo":
+            correct = _ridge_loo(rows, keep, y, dev)
+            info["ridge_lambdas"] = _RIDGE_LAMBDAS
         else:
             correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
             info["cv_folds"] = cv_folds
@@ -372,6 +529,7 @@ def _choose(
         confidence = float((ks.argmax(1) == best).double().mean())
         tied = [keys[i] for i in tied_with(keyv, ks)]
     direction = "higher" if rule in _FEW_LABEL else METRICS[rule].direction
+    info["family"], info["objective"] = family, objective
     return LayerChoice(
         layer=keys[best],
         scores={k: float(v) for k, v in zip(keys, values.tolist(), strict=True)},
@@ -382,6 +540,7 @@ def _choose(
         labelled=rule in _FEW_LABEL,
         n_samples=n,
         info=info,
+        bench=bench_record(rule, family, objective),
     )
 
 
@@ -409,6 +568,52 @@ def _knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) 
             r, yc, r, num_classes=classes.numel(), k=k, device=dev, exclude_self=True
         )
         out.append(pred.cpu() == yc)
+    return torch.stack(out)
+
+
+def _ridge_loo(rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.device) -> Tensor:
+    """``(L, n)`` leave-one-out correctness of ridge regression to one-hot labels, per layer.
+
+    Each layer is standardised with the mean and standard deviation of all its samples (the
+    unlabelled ones too), then the ``n`` labelled rows are centred and, in kernel form,
+    ``H = K (K + lam I)^-1`` with ``K = X X^T`` gives every leave-one-out prediction in closed
+    form: ``t_i - (t_i - (H T)_i) / (1 - H_ii)``. ``lam`` is tried at 0.1, 1 and 10 times the
+    mean of ``diag(K)``; the best of the three counts (the same choice for every layer).
+    """
+    n = int(y.numel())
+    if n < 3:
+        raise HeadkitError(f"ridge_loo needs at least 3 labelled samples, got {n}")
+    _, yc, _ = encode_labels(y)
+    classes = int(yc.max()) + 1
+    if classes < 2:
+        raise HeadkitError("ridge_loo needs labels of at least 2 classes")
+    t = torch.nn.functional.one_hot(yc, classes).to(dev, torch.float64)
+    t = t - t.mean(0)
+    eye = torch.eye(n, dtype=torch.float64, device=dev)
+    out = []
+    for r in rows.values():
+        s1 = torch.zeros(r.d, dtype=torch.float64, device=dev)
+        s2 = torch.zeros(r.d, dtype=torch.float64, device=dev)
+        for block in r.chunks():
+            b = block.to(dev, torch.float64)
+            s1 += b.sum(0)
+            s2 += (b * b).sum(0)
+        mean = s1 / r.n
+        sd = (s2 / r.n - mean * mean).clamp_min(0).sqrt() + 1e-6
+        x = (r.take(keep).to(dev, torch.float64) - mean) / sd
+        x = x - x.mean(0)
+        k = x @ x.T
+        scale = float(torch.diagonal(k).mean().clamp_min(1e-12))
+        best: Tensor | None = None
+        for lam in _RIDGE_LAMBDAS:
+            h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
+            dh = (1 - torch.diagonal(h)).clamp_min(1e-9)
+            loo = t - (t - h @ t) / dh[:, None]
+            ok = (loo.argmax(1) == yc.to(dev)).cpu()
+            if best is None or int(ok.sum()) > int(best.sum()):
+                best = ok
+        assert best is not None
+        out.append(best)
     return torch.stack(out)
 
 
@@ -454,6 +659,40 @@ def _linear_cv(
     return correct
 
 
+def guess_family(model: nn.Module) -> str:
+    """The benchmark family a model most resembles, from its modules' types and names.
+
+    ``"vit"`` (attention), ``"mixer"`` (a module named like ``Mixer``/``ConvNeXt``),
+    ``"resnet"`` (convolutions and a residual block), ``"cnn3"`` (convolutions), ``"mlp"``
+    (none of those). Used only to choose which benchmark cases `LayerChoice.bench` reports.
+
+    Args:
+        model: any module.
+
+    Returns:
+        A family name of the benchmark.
+
+    Example:
+        >>> from torch import nn
+        >>> from headkit.probe import guess_family
+        >>> guess_family(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+        'cnn3'
+        >>> guess_family(nn.TransformerEncoderLayer(16, 2))
+        'vit'
+    """
+    names = [type(m).__name__.lower() for m in model.modules()]
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or any(
+        "attention" in n for n in names
+    ):
+        return "vit"
+    if any("mixer" in n or "convnext" in n for n in names):
+        return "mixer"
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        residual = ("basicblock", "bottleneck", "resblock", "residual", "basic")
+        return "resnet" if any(n.startswith(residual) for n in names) else "cnn3"
+    return "mlp"
+
+
 def recommend_layer(
     model: nn.Module,
     loader: Iterable[Any],
@@ -474,18 +713,28 @@ def recommend_layer(
     progress: bool = True,
     amp: bool | torch.dtype = False,
     distributed: bool | None = None,
+    family: str | None = None,
+    objective: str | None = None,
 ) -> LayerChoice:
     """Which layer should I use, without a labelled downstream set? Pick one, and say how sure.
 
     Extracts every layer's features from ``loader`` (`extract_features`) and applies a rule
     (`RULES`): label-free measures of the features (``"rankme"``, ``"unevenness"``,
     ``"alpha_req"``, ``"nesum"``, ``"lidar"`` with ``views``), or, when the loader yields
-    labels, a few-label score (``"knn_loo"``: leave-one-out kNN accuracy; ``"linear_cv"``:
-    cross-validated linear probe), optionally on ``labels_per_class`` labels per class.
-    ``rule="auto"`` takes ``"knn_loo"`` when there are labels and ``"rankme"`` otherwise; how
-    often each rule picks a layer tied with the best linear probe is measured in
-    ``docs/layer-choice.md``. The answer's ``confidence`` is the share of bootstrap resamples in
-    which the chosen layer still wins; ``tied`` lists the layers the data cannot separate from it.
+    labels, a few-label score (``"ridge_loo"``: closed-form leave-one-out ridge accuracy;
+    ``"knn_loo"``: leave-one-out kNN accuracy; ``"linear_cv"``: cross-validated linear probe),
+    optionally on ``labels_per_class`` labels per class. ``rule="auto"`` takes the rule that
+    measured best on headkit's layer-choice benchmark (``docs/layer-choice.md``): its best
+    few-label rule when the loader yields labels, its best label-free rule otherwise.
+
+    The answer says how sure it is, three ways: ``confidence`` is the share of bootstrap
+    resamples in which the chosen layer still wins; ``tied`` lists the layers this data cannot
+    separate from it; ``bench`` (`BenchRecord`) says how often the rule's pick was tied with the
+    best layer, and how many points it lost on average, on the benchmark cases most like this
+    model (``family``, guessed from its modules when not given, and ``objective``), with the
+    case count and whether the rule met the benchmark's goal. Ten labels per class are worth
+    having: on the benchmark every label-free rule lost several times more than the few-label
+    rules.
 
     Args:
         model: the encoder (any model `LayerTap` takes).
@@ -507,9 +756,14 @@ def recommend_layer(
         progress: progress bars.
         amp: bfloat16 autocast for the extraction.
         distributed: as for `extract_features`.
+        family: the encoder family for ``.bench`` (``"mlp"``, ``"cnn3"``, ``"resnet"``,
+            ``"vit"``, ``"mixer"``); None: `guess_family`.
+        objective: the pretraining objective for ``.bench`` (``"simclr"``, ``"supcon"``,
+            ``"byol"``, ``"mae"``); None: every objective.
 
     Returns:
-        `LayerChoice` with ``.layer``, ``.scores``, ``.confidence``, ``.tied`` and ``.rule``.
+        `LayerChoice` with ``.layer``, ``.scores``, ``.confidence``, ``.tied``, ``.rule`` and
+        ``.bench``.
 
     Example:
         >>> import torch
@@ -518,8 +772,12 @@ def recommend_layer(
         >>> net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
         >>> data = [torch.randn(64, 8) for _ in range(4)]
         >>> choice = recommend_layer(net, data, progress=False, n_boot=20)
-        >>> choice.rule, choice.layer in ("0", "1", "2")
-        ('rankme', True)
+        >>> choice.labelled, choice.layer in ("0", "1", "2"), choice.info["family"]
+        (False, True, 'mlp')
+        >>> y = [torch.randint(0, 2, (64,)) for _ in range(4)]
+        >>> few = recommend_layer(net, list(zip(data, y)), labels_per_class=10, progress=False)
+        >>> few.labelled, few.n_samples
+        (True, 20)
     """
     ex = extract(
         model,
@@ -563,8 +821,11 @@ def recommend_layer(
         cv_folds,
         probe_kwargs,
         dev,
+        family or guess_family(model),
+        objective,
     )
     choice.info.update({"device": str(dev), "pool": ex.info["pool"]})
+    choice.info["family_guessed"] = family is None
     d = dist_state(distributed)
     if d.on:  # every rank computed the same choice; rank 0's makes it identical bit for bit
         choice = d.broadcast_object(choice)

@@ -1,0 +1,250 @@
+"""Candidate layer-choice rules of `bench_layer_choice.py`, computed from the cached features.
+
+The rules headkit ships are run through `headkit.probe.choose_layer` (public API); the new
+candidates measured here are computed in numpy from the same cached features so the analysis
+reruns in seconds. A candidate that wins is then implemented in ``headkit/probe/_choose.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NAMES = {
+    "rankme": "label-free: RankMe (highest)",
+    "unevenness": "label-free: unevenness (lowest)",
+    "alpha_req": "label-free: alpha-ReQ (closest to 1)",
+    "nesum": "label-free: NESum (highest)",
+    "lidar": "label-free: LiDAR (highest)",
+    "knn_loo": "10 labels/class: kNN leave-one-out",
+    "linear_cv": "10 labels/class: linear probe, 5-fold CV",
+}
+
+
+@dataclass
+class Context:
+    feats: dict[str, dict[str, np.ndarray]]
+    meta: dict[str, Any]
+    data: Any
+    seed: int
+    lpc: int
+
+
+def base(layer: str) -> str:
+    for suf in (".cls", ".mean"):
+        if layer.endswith(suf) and not layer.startswith("out"):
+            return layer[: -len(suf)]
+    return layer
+
+
+def rel_depth(layers: list[str], layer: str) -> float:
+    """0 = first block, 1 = backbone output; head layers 1.25 (hidden) and 1.5 (output)."""
+    if layer == "head.hidden":
+        return 1.25
+    if layer == "head.out":
+        return 1.5
+    bb = []
+    for k in layers:
+        if k.startswith("head."):
+            continue
+        b = base(k)
+        if b not in bb:
+            bb.append(b)
+    return bb.index(base(layer)) / max(len(bb) - 1, 1)
+
+
+def few_idx(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """At most ``per_class`` samples of every class (seeded): the user's few labels."""
+    rng = np.random.default_rng(seed + 1000)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.extend(rng.choice(idx, size=min(per_class, idx.size), replace=False).tolist())
+    return np.sort(np.array(keep))
+
+
+def standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    mu = ref.mean(0)
+    sd = ref.std(0) + 1e-6
+    return (x - mu) / sd
+
+
+def ridge_loo(x: np.ndarray, y: np.ndarray, lams: tuple[float, ...] = (0.1, 1.0, 10.0)) -> float:
+    """Closed-form leave-one-out accuracy of ridge regression to one-hot labels (kernel form,
+    ``lam`` relative to the mean squared norm), best over ``lams``."""
+    n = x.shape[0]
+    x = x - x.mean(0)
+    k = x @ x.T
+    classes, yi = np.unique(y, return_inverse=True)
+    t = np.eye(classes.size)[yi]
+    t = t - t.mean(0)
+    scale = np.trace(k) / n
+    best = 0.0
+    for lam in lams:
+        h = k @ np.linalg.inv(k + lam * scale * np.eye(n))
+        pred = h @ t
+        loo = t - (t - pred) / (1 - np.diag(h))[:, None]
+        best = max(best, float((loo.argmax(1) == yi).mean()))
+    return best
+
+
+def invariance(v: np.ndarray) -> float:
+    """Share of a layer's variance over views ``(N, Q, D)`` that is within-image (between views
+    of the same image): 0 = perfectly invariant to the augmentation, 1 = blind to the image."""
+    v = v.astype(np.float64)
+    tot = v.reshape(-1, v.shape[-1]).var(0).sum()
+    within = (v - v.mean(1, keepdims=True)).var(1).sum(-1).mean() * v.shape[1] / (v.shape[1] - 1)
+    return float(within / max(tot, 1e-12))
+
+
+def _pick(
+    scores: dict[str, float], allowed: list[str], order: list[str], prefer: str = "shallow"
+) -> str:
+    """Highest score among ``allowed``; exact ties go to the shallower (or deeper) layer."""
+    sign = 1 if prefer == "deep" else -1
+    return max(allowed, key=lambda k: (scores[k], sign * order.index(k)))
+
+
+def _within(
+    scores: dict[str, float], allowed: list[str], order: list[str], n: int, prefer: str
+) -> str:
+    """The shallowest (or deepest) layer whose score is within one binomial standard error (of
+    ``n`` labelled samples) of the best."""
+    top = max(scores[k] for k in allowed)
+    se = np.sqrt(max(top * (1 - top), 1e-4) / n)
+    ok = [k for k in allowed if scores[k] >= top - se]
+    return min(ok, key=order.index) if prefer == "shallow" else max(ok, key=order.index)
+
+
+def _smooth(scores: dict[str, float], bb: list[str], layers: list[str]) -> dict[str, float]:
+    """Each layer's score averaged with its neighbours in depth (backbone order, then head)."""
+    out = {}
+    for i, k in enumerate(layers):
+        nb = [layers[j] for j in (i - 1, i, i + 1) if 0 <= j < len(layers)]
+        out[k] = float(np.mean([scores[j] for j in nb]))
+    return out
+
+
+def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, str]:
+    """The picks of the new candidate rules for one model and task."""
+    layers = ctx.meta["layers"]
+    bb = [k for k in layers if not k.startswith("head.")]
+    out: dict[str, str] = {}
+    for f in (0.5, 0.67, 0.75):
+        out[f"window: layer at {f:.2f} depth"] = min(
+            bb, key=lambda k: (abs(rel_depth(layers, k) - f), k.endswith(".mean"))
+        )
+    # label-free: invariance to the user's views and to the pretraining augmentation
+    inv_u = {k: invariance(ctx.feats["vu"][k]) for k in layers}
+    inv_p = {k: invariance(ctx.feats["vp"][k]) for k in layers}
+    out["label-free: least invariant to pretraining views"] = _pick(
+        {k: inv_p[k] for k in bb}, bb, layers
+    )
+    out["label-free: most invariant to user views"] = _pick({k: -inv_u[k] for k in bb}, bb, layers)
+    # the paper's mechanism: the deepest backbone layer before invariance to the pretraining
+    # augmentation rises past half of its range (later layers discard what views disrupt)
+    lo_, hi_ = min(inv_p[k] for k in bb), max(inv_p[k] for k in bb)
+    knee = [k for k in bb if inv_p[k] >= lo_ + 0.5 * (hi_ - lo_)]
+    out["label-free: invariance knee"] = max(knee, key=layers.index) if knee else bb[-1]
+    rk = hk["label_free"]["rankme"]["scores"]
+    med = float(np.median([rk[k] for k in layers]))
+    y = ctx.data.train_y[task].numpy()
+    idx = few_idx(y, ctx.lpc, ctx.seed)
+    tr = ctx.feats["train"]
+    ridge = {}
+    for k in layers:
+        x = tr[k].astype(np.float64)
+        ridge[k] = ridge_loo(standardize(x, x)[idx], y[idx])
+    n = idx.size
+    knn = hk["few"][task]["knn_loo"]["scores"]
+    lcv = hk["few"][task]["linear_cv"]["scores"]
+    R = "10 labels/class: "
+    out[R + "ridge LOO"] = _pick(ridge, layers, layers)
+    out[R + "ridge LOO, backbone only"] = _pick(ridge, bb, layers)
+    out[R + "ridge LOO, shallowest within 1 SE"] = _within(ridge, layers, layers, n, "shallow")
+    out[R + "ridge LOO, deepest within 1 SE"] = _within(ridge, layers, layers, n, "deep")
+    out[R + "ridge LOO, smoothed over depth"] = _pick(_smooth(ridge, bb, layers), layers, layers)
+    out[R + "ridge LOO, RankMe >= median"] = _pick(
+        ridge, [k for k in layers if rk[k] >= med] or layers, layers
+    )
+    out[R + "kNN LOO, backbone only"] = _pick(knn, bb, layers)
+    out[R + "linear CV, backbone only"] = _pick(lcv, bb, layers)
+    both = {k: ridge[k] + knn[k] for k in layers}
+    out[R + "ridge LOO + kNN LOO"] = _pick(both, layers, layers)
+    three = {k: ridge[k] + knn[k] + lcv[k] for k in layers}
+    out[R + "ridge + kNN + linear CV"] = _pick(three, layers, layers)
+    return out
+
+
+GOAL_TIE = 0.8
+
+
+def fixed_rules(rules: list[str]) -> list[str]:
+    return [r for r in rules if r.startswith("fixed:")]
+
+
+def goal_check(cases: list[Any], rule: str, stats: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Whether ``rule`` meets the goal: tied with the best in >= 80% of all cases, and lower mean
+    regret than every fixed default overall and in every family."""
+    rules = list(cases[0].picks)
+    s = stats(cases, rule)
+    fixed = fixed_rules(rules)
+    beat_all = all(s["mean_lost"] < stats(cases, f)["mean_lost"] for f in fixed)
+    fams = sorted({c.family for c in cases})
+    fam_fail = []
+    for fam in fams:
+        sub = [c for c in cases if c.family == fam]
+        mine = stats(sub, rule)["mean_lost"]
+        if not all(mine < stats(sub, f)["mean_lost"] for f in fixed):
+            fam_fail.append(fam)
+    return {
+        "tie_ok": s["tie_rate"] >= GOAL_TIE,
+        "regret_ok": beat_all,
+        "families_failed": fam_fail,
+        "met": s["tie_rate"] >= GOAL_TIE and beat_all and not fam_fail,
+        **s,
+    }
+
+
+def headline(rules: list[str]) -> list[str]:
+    return rules
+
+
+def goal_verdict(cases: list[Any], stats: Callable[..., dict[str, Any]]) -> str:
+    rules = [r for r in cases[0].picks if not r.startswith("fixed:")]
+    checks = [goal_check(cases, r, stats) for r in rules]
+    checks.sort(
+        key=lambda c: (
+            c["met"],
+            not c["families_failed"],
+            c["regret_ok"],
+            c["tie_rate"],
+            -c["mean_lost"],
+        ),
+        reverse=True,
+    )
+    lines = [
+        "\nthe goal (tied with the best in >= 80% of cases; lower mean regret than every fixed default, overall and in every family):"
+    ]
+    for c in checks[:8]:
+        lines.append(
+            f"  {c['rule']}: tied {c['hits']}/{c['cases']} = {100 * c['tie_rate']:.0f}% "
+            f"({100 * c['tie_lo']:.0f}-{100 * c['tie_hi']:.0f}), mean regret {c['mean_lost']:.2f} "
+            f"({c['lost_lo']:.2f}-{c['lost_hi']:.2f}); beats every fixed default overall: "
+            f"{'yes' if c['regret_ok'] else 'no'}; families where it does not: "
+            f"{', '.join(c['families_failed']) or 'none'} -> {'GOAL MET' if c['met'] else 'goal not met'}"
+        )
+    return "\n".join(lines)
+
+
+def plot(
+    cases: list[Any], rules: list[str], path: str, stats: Callable[..., dict[str, Any]]
+) -> None:
+    pass
+
+
+def write_table(cases: list[Any], stats: Callable[..., dict[str, Any]], path: str) -> None:
+    pass
