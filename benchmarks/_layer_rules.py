@@ -128,6 +128,30 @@ def _smooth(scores: dict[str, float], bb: list[str], layers: list[str]) -> dict[
     return out
 
 
+def ridge_scores(
+    x: np.ndarray, y: np.ndarray, lams: tuple[float, ...] = (0.1, 1.0, 10.0)
+) -> dict[str, float]:
+    """Continuous leave-one-out scores of ridge regression to one-hot labels: PRESS (mean
+    squared LOO residual, lower is better, best lambda) and the mean LOO margin (true-class
+    score minus the best other class, higher is better, best lambda)."""
+    n = x.shape[0]
+    x = x - x.mean(0)
+    k = x @ x.T
+    classes, yi = np.unique(y, return_inverse=True)
+    t = np.eye(classes.size)[yi]
+    t = t - t.mean(0)
+    scale = np.trace(k) / n
+    press, margin = np.inf, -np.inf
+    for lam in lams:
+        h = k @ np.linalg.inv(k + lam * scale * np.eye(n))
+        loo = t - (t - h @ t) / (1 - np.diag(h))[:, None]
+        press = min(press, float(((t - loo) ** 2).sum(1).mean()))
+        true = loo[np.arange(n), yi]
+        other = np.where(np.eye(classes.size)[yi] > 0, -np.inf, loo).max(1)
+        margin = max(margin, float((true - other).mean()))
+    return {"press": press, "margin": margin}
+
+
 def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, str]:
     """The picks of the new candidate rules for one model and task."""
     layers = ctx.meta["layers"]
@@ -154,10 +178,13 @@ def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, st
     y = ctx.data.train_y[task].numpy()
     idx = few_idx(y, ctx.lpc, ctx.seed)
     tr = ctx.feats["train"]
-    ridge = {}
+    ridge, press, margin = {}, {}, {}
     for k in layers:
         x = tr[k].astype(np.float64)
-        ridge[k] = ridge_loo(standardize(x, x)[idx], y[idx])
+        xs = standardize(x, x)[idx]
+        ridge[k] = ridge_loo(xs, y[idx])
+        sc = ridge_scores(xs, y[idx])
+        press[k], margin[k] = -sc["press"], sc["margin"]
     n = idx.size
     knn = hk["few"][task]["knn_loo"]["scores"]
     lcv = hk["few"][task]["linear_cv"]["scores"]
@@ -170,6 +197,10 @@ def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, st
     out[R + "ridge LOO, RankMe >= median"] = _pick(
         ridge, [k for k in layers if rk[k] >= med] or layers, layers
     )
+    out[R + "ridge PRESS"] = _pick(press, layers, layers)
+    out[R + "ridge PRESS, backbone only"] = _pick(press, bb, layers)
+    out[R + "ridge LOO margin"] = _pick(margin, layers, layers)
+    out[R + "ridge LOO margin, backbone only"] = _pick(margin, bb, layers)
     out[R + "kNN LOO, backbone only"] = _pick(knn, bb, layers)
     out[R + "linear CV, backbone only"] = _pick(lcv, bb, layers)
     both = {k: ridge[k] + knn[k] for k in layers}
@@ -240,11 +271,118 @@ def goal_verdict(cases: list[Any], stats: Callable[..., dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: bench rule name -> headkit RULES key (the rules the package ships)
+SHIPPED = {**{v: k for k, v in NAMES.items()}, "10 labels/class: ridge LOO": "ridge_loo"}
+
+
+def headline(rules: list[str]) -> list[str]:
+    """The rules of the per-group tables: headkit's rules, the fixed defaults, the best new ones."""
+    return [
+        r for r in rules if r in SHIPPED or r.startswith("fixed:") or r.startswith("window")
+    ] + [r for r in rules if r not in SHIPPED and not r.startswith(("fixed:", "window"))]
+
+
 def plot(
     cases: list[Any], rules: list[str], path: str, stats: Callable[..., dict[str, Any]]
 ) -> None:
-    pass
+    """Mean regret (points lost against the best layer, 95% bootstrap interval) per rule and
+    family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = [*sorted({c.family for c in cases}), "all"]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    w = 0.8 / len(rules)
+    for j, r in enumerate(rules):
+        means, errs = [], [[], []]
+        for f in fams:
+            sub = cases if f == "all" else [c for c in cases if c.family == f]
+            s = stats(sub, r)
+            means.append(s["mean_lost"])
+            errs[0].append(s["mean_lost"] - s["lost_lo"])
+            errs[1].append(s["lost_hi"] - s["mean_lost"])
+        xs = np.arange(len(fams)) + (j - len(rules) / 2 + 0.5) * w
+        style = "//" if r.startswith("fixed:") else None
+        ax.bar(xs, means, w, yerr=errs, label=r, hatch=style, capsize=1.5)
+    ax.set_xticks(np.arange(len(fams)))
+    ax.set_xticklabels(
+        [f"{f}\n({sum(1 for c in cases if f == 'all' or c.family == f)} cases)" for f in fams]
+    )
+    ax.set_ylabel("points of linear-probe accuracy lost vs the best layer")
+    ax.set_title("regret by rule and family (mean, 95% bootstrap interval over cases)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def write_table(cases: list[Any], stats: Callable[..., dict[str, Any]], path: str) -> None:
-    pass
+def write_table(
+    cases: list[Any], stats: Callable[..., dict[str, Any]], path: str, grid: str
+) -> None:
+    """Regenerate ``headkit/probe/_bench_table.py`` from the cases: per shipped rule and scope
+    (all, family, objective, family x objective) the cases tied, the cases, the mean regret and
+    its interval; whether the rule met the goal; the best rule with labels and without."""
+    scopes: dict[str, list[Any]] = {"all": cases}
+    for c in cases:
+        scopes.setdefault(f"family={c.family}", []).append(c)
+        scopes.setdefault(f"objective={c.objective}", []).append(c)
+        scopes.setdefault(f"family={c.family}, objective={c.objective}", []).append(c)
+    table: dict[str, dict[str, tuple[int, int, float, float, float]]] = {}
+    met: dict[str, bool] = {}
+    for name, key in SHIPPED.items():
+        if name not in cases[0].picks:
+            continue
+        table[key] = {}
+        for sc, sub in scopes.items():
+            s = stats(sub, name)
+            table[key][sc] = (
+                s["hits"],
+                s["cases"],
+                round(s["mean_lost"], 2),
+                round(s["lost_lo"], 2),
+                round(s["lost_hi"], 2),
+            )
+        met[key] = bool(goal_check(cases, name, stats)["met"])
+
+    def best(keys: list[str]) -> str:
+        return max(
+            keys, key=lambda k: (table[k]["all"][0] / table[k]["all"][1], -table[k]["all"][2])
+        )
+
+    few = best([k for k in table if k in ("knn_loo", "linear_cv", "ridge_loo")])
+    free = best([k for k in table if k not in ("knn_loo", "linear_cv", "ridge_loo")])
+    lines = [
+        '"""How each layer-choice rule fared on ``benchmarks/bench_layer_choice.py``.',
+        "",
+        "Generated by ``python benchmarks/bench_layer_choice.py --stage report --write-table``; do not",
+        "edit by hand.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "#: What the benchmark covered.",
+        f"GRID: str = {grid!r}",
+        "",
+        "#: rule -> scope -> (cases tied with the best, cases, mean regret in points, its 95% interval).",
+        "TABLE: dict[str, dict[str, tuple[int, int, float, float, float]]] = {",
+    ]
+    for k, rows in table.items():
+        lines.append(f"    {k!r}: {{")
+        for sc, row in rows.items():
+            lines.append(f"        {sc!r}: {row!r},")
+        lines.append("    },")
+    lines += [
+        "}",
+        "",
+        "#: rule -> whether it met the benchmark's goal.",
+        f"GOAL_MET: dict[str, bool] = {met!r}",
+        "",
+        '#: The best measured rule with labels and without (what ``rule="auto"`` uses).',
+        f"BEST_FEW_LABEL: str = {few!r}",
+        f"BEST_LABEL_FREE: str = {free!r}",
+        "",
+    ]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))

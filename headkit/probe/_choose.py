@@ -60,9 +60,12 @@ RULES: RuleRegistry = RuleRegistry(
         "linear_cv": "few labels: highest cross-validated linear-probe accuracy on the labelled samples",
         "ridge_loo": "few labels: highest closed-form leave-one-out accuracy of ridge regression "
         "to one-hot labels (features standardised with every sample's statistics)",
+        "ridge_margin": "few labels: highest mean leave-one-out margin of the same ridge "
+        "regression (true-class score minus the best other class): a graded, less noisy "
+        "ridge_loo",
     }
 )
-_FEW_LABEL = ("knn_loo", "linear_cv", "ridge_loo")
+_FEW_LABEL = ("knn_loo", "linear_cv", "ridge_loo", "ridge_margin")
 _RIDGE_LAMBDAS = (0.1, 1.0, 10.0)
 
 
@@ -483,8 +486,8 @@ def _choose(
         if rule == "knn_loo":
             correct = _knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
-        elif rule == "ridge_loo":
-            correct = _ridge_loo(rows, keep, y, dev)
+        elif rule in ("ridge_loo", "ridge_margin"):
+            correct = _ridge_loo(rows, keep, y, dev, margin=rule == "ridge_margin")
             info["ridge_lambdas"] = _RIDGE_LAMBDAS
         else:
             correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
@@ -571,14 +574,18 @@ def _knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) 
     return torch.stack(out)
 
 
-def _ridge_loo(rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.device) -> Tensor:
-    """``(L, n)`` leave-one-out correctness of ridge regression to one-hot labels, per layer.
+def _ridge_loo(
+    rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.device, margin: bool = False
+) -> Tensor:
+    """``(L, n)`` leave-one-out correctness (or, with ``margin``, margins) of ridge regression to
+    one-hot labels, per layer.
 
     Each layer is standardised with the mean and standard deviation of all its samples (the
     unlabelled ones too), then the ``n`` labelled rows are centred and, in kernel form,
     ``H = K (K + lam I)^-1`` with ``K = X X^T`` gives every leave-one-out prediction in closed
     form: ``t_i - (t_i - (H T)_i) / (1 - H_ii)``. ``lam`` is tried at 0.1, 1 and 10 times the
-    mean of ``diag(K)``; the best of the three counts (the same choice for every layer).
+    mean of ``diag(K)``; the best of the three per layer counts (most correct, or the highest
+    mean margin: the true class's LOO score minus the best other class's).
     """
     n = int(y.numel())
     if n < 3:
@@ -591,6 +598,8 @@ def _ridge_loo(rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.
     t = t - t.mean(0)
     eye = torch.eye(n, dtype=torch.float64, device=dev)
     out = []
+    ydev = yc.to(dev)
+    other = torch.nn.functional.one_hot(yc, classes).to(dev).bool()
     for r in rows.values():
         s1 = torch.zeros(r.d, dtype=torch.float64, device=dev)
         s2 = torch.zeros(r.d, dtype=torch.float64, device=dev)
@@ -609,8 +618,12 @@ def _ridge_loo(rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.
             h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
             dh = (1 - torch.diagonal(h)).clamp_min(1e-9)
             loo = t - (t - h @ t) / dh[:, None]
-            ok = (loo.argmax(1) == yc.to(dev)).cpu()
-            if best is None or int(ok.sum()) > int(best.sum()):
+            if margin:
+                true = loo.gather(1, ydev[:, None])[:, 0]
+                ok = (true - loo.masked_fill(other, -torch.inf).amax(1)).cpu()
+            else:
+                ok = (loo.argmax(1) == ydev).cpu().double()
+            if best is None or float(ok.sum()) > float(best.sum()):
                 best = ok
         assert best is not None
         out.append(best)
