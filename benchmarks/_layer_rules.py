@@ -7,6 +7,7 @@ reruns in seconds. A candidate that wins is then implemented in ``headkit/probe/
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -152,18 +153,61 @@ def ridge_scores(
     return {"press": press, "margin": margin}
 
 
-def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, str]:
-    """The picks of the new candidate rules for one model and task."""
+SCORES_VERSION = "1"
+
+
+def model_scores(ctx: Context, tasks: list[str], path: str) -> dict[str, Any]:
+    """Per-layer scores of the candidate rules for one model (cached as JSON at ``path``):
+    invariance to the user's and to the pretraining views, and per task the ridge LOO accuracy,
+    PRESS and margin on the few labels."""
+    import json
+
+    if os.path.exists(path):
+        with open(path) as fh:
+            return dict(json.load(fh))
     layers = ctx.meta["layers"]
+    out: dict[str, Any] = {
+        "inv_u": {k: invariance(ctx.feats["vu"][k]) for k in layers},
+        "inv_p": {k: invariance(ctx.feats["vp"][k]) for k in layers},
+        "tasks": {},
+    }
+    tr = {
+        k: standardize(v.astype(np.float64), v.astype(np.float64))
+        for k, v in ctx.feats["train"].items()
+    }
+    for task in tasks:
+        y = ctx.data.train_y[task].numpy()
+        idx = few_idx(y, ctx.lpc, ctx.seed)
+        ridge, press, margin = {}, {}, {}
+        for k in layers:
+            xs = tr[k][idx]
+            ridge[k] = ridge_loo(xs, y[idx])
+            sc = ridge_scores(xs, y[idx])
+            press[k], margin[k] = -sc["press"], sc["margin"]
+        out["tasks"][task] = {"ridge": ridge, "press": press, "margin": margin, "n": int(idx.size)}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(out, fh)
+    return out
+
+
+def _z(scores: dict[str, float], keys: list[str]) -> dict[str, float]:
+    v = np.array([scores[k] for k in keys])
+    sd = v.std() + 1e-12
+    return {k: float((scores[k] - v.mean()) / sd) for k in keys}
+
+
+def candidate_picks(
+    sc: dict[str, Any], layers: list[str], task: str, hk: dict[str, Any]
+) -> dict[str, str]:
+    """The picks of the new candidate rules for one model and task."""
     bb = [k for k in layers if not k.startswith("head.")]
     out: dict[str, str] = {}
     for f in (0.5, 0.67, 0.75):
         out[f"window: layer at {f:.2f} depth"] = min(
             bb, key=lambda k: (abs(rel_depth(layers, k) - f), k.endswith(".mean"))
         )
-    # label-free: invariance to the user's views and to the pretraining augmentation
-    inv_u = {k: invariance(ctx.feats["vu"][k]) for k in layers}
-    inv_p = {k: invariance(ctx.feats["vp"][k]) for k in layers}
+    inv_u, inv_p = sc["inv_u"], sc["inv_p"]
     out["label-free: least invariant to pretraining views"] = _pick(
         {k: inv_p[k] for k in bb}, bb, layers
     )
@@ -175,17 +219,9 @@ def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, st
     out["label-free: invariance knee"] = max(knee, key=layers.index) if knee else bb[-1]
     rk = hk["label_free"]["rankme"]["scores"]
     med = float(np.median([rk[k] for k in layers]))
-    y = ctx.data.train_y[task].numpy()
-    idx = few_idx(y, ctx.lpc, ctx.seed)
-    tr = ctx.feats["train"]
-    ridge, press, margin = {}, {}, {}
-    for k in layers:
-        x = tr[k].astype(np.float64)
-        xs = standardize(x, x)[idx]
-        ridge[k] = ridge_loo(xs, y[idx])
-        sc = ridge_scores(xs, y[idx])
-        press[k], margin[k] = -sc["press"], sc["margin"]
-    n = idx.size
+    high_rank = [k for k in layers if rk[k] >= med] or layers
+    t = sc["tasks"][task]
+    ridge, press, margin, n = t["ridge"], t["press"], t["margin"], t["n"]
     knn = hk["few"][task]["knn_loo"]["scores"]
     lcv = hk["few"][task]["linear_cv"]["scores"]
     R = "10 labels/class: "
@@ -194,19 +230,28 @@ def candidate_picks(ctx: Context, task: str, hk: dict[str, Any]) -> dict[str, st
     out[R + "ridge LOO, shallowest within 1 SE"] = _within(ridge, layers, layers, n, "shallow")
     out[R + "ridge LOO, deepest within 1 SE"] = _within(ridge, layers, layers, n, "deep")
     out[R + "ridge LOO, smoothed over depth"] = _pick(_smooth(ridge, bb, layers), layers, layers)
-    out[R + "ridge LOO, RankMe >= median"] = _pick(
-        ridge, [k for k in layers if rk[k] >= med] or layers, layers
-    )
+    out[R + "ridge LOO, RankMe >= median"] = _pick(ridge, high_rank, layers)
     out[R + "ridge PRESS"] = _pick(press, layers, layers)
     out[R + "ridge PRESS, backbone only"] = _pick(press, bb, layers)
     out[R + "ridge LOO margin"] = _pick(margin, layers, layers)
     out[R + "ridge LOO margin, backbone only"] = _pick(margin, bb, layers)
+    out[R + "ridge LOO margin, RankMe >= median"] = _pick(margin, high_rank, layers)
     out[R + "kNN LOO, backbone only"] = _pick(knn, bb, layers)
     out[R + "linear CV, backbone only"] = _pick(lcv, bb, layers)
+    out[R + "linear CV, RankMe >= median"] = _pick(lcv, high_rank, layers)
+    out[R + "linear CV, smoothed over depth"] = _pick(_smooth(lcv, bb, layers), layers, layers)
+    zr, zm, zl = _z(ridge, layers), _z(margin, layers), _z(lcv, layers)
+    out[R + "ridge margin + linear CV (z-scores)"] = _pick(
+        {k: zm[k] + zl[k] for k in layers}, layers, layers
+    )
+    out[R + "ridge margin + linear CV, RankMe >= median"] = _pick(
+        {k: zm[k] + zl[k] for k in layers}, high_rank, layers
+    )
+    out[R + "ridge LOO + linear CV (z-scores)"] = _pick(
+        {k: zr[k] + zl[k] for k in layers}, layers, layers
+    )
     both = {k: ridge[k] + knn[k] for k in layers}
     out[R + "ridge LOO + kNN LOO"] = _pick(both, layers, layers)
-    three = {k: ridge[k] + knn[k] + lcv[k] for k in layers}
-    out[R + "ridge + kNN + linear CV"] = _pick(three, layers, layers)
     return out
 
 
@@ -240,10 +285,6 @@ def goal_check(cases: list[Any], rule: str, stats: Callable[..., dict[str, Any]]
     }
 
 
-def headline(rules: list[str]) -> list[str]:
-    return rules
-
-
 def goal_verdict(cases: list[Any], stats: Callable[..., dict[str, Any]]) -> str:
     rules = [r for r in cases[0].picks if not r.startswith("fixed:")]
     checks = [goal_check(cases, r, stats) for r in rules]
@@ -272,7 +313,12 @@ def goal_verdict(cases: list[Any], stats: Callable[..., dict[str, Any]]) -> str:
 
 
 #: bench rule name -> headkit RULES key (the rules the package ships)
-SHIPPED = {**{v: k for k, v in NAMES.items()}, "10 labels/class: ridge LOO": "ridge_loo"}
+SHIPPED = {
+    **{v: k for k, v in NAMES.items()},
+    "10 labels/class: ridge LOO": "ridge_loo",
+    "10 labels/class: ridge LOO margin": "ridge_margin",
+    "10 labels/class: ridge LOO margin, RankMe >= median": "ridge_margin_rankme",
+}
 
 
 def headline(rules: list[str]) -> list[str]:
@@ -351,8 +397,9 @@ def write_table(
             keys, key=lambda k: (table[k]["all"][0] / table[k]["all"][1], -table[k]["all"][2])
         )
 
-    few = best([k for k in table if k in ("knn_loo", "linear_cv", "ridge_loo")])
-    free = best([k for k in table if k not in ("knn_loo", "linear_cv", "ridge_loo")])
+    few_keys = ("knn_loo", "linear_cv", "ridge_loo", "ridge_margin", "ridge_margin_rankme")
+    few = best([k for k in table if k in few_keys])
+    free = best([k for k in table if k not in few_keys])
     lines = [
         '"""How each layer-choice rule fared on ``benchmarks/bench_layer_choice.py``.',
         "",

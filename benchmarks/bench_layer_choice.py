@@ -248,6 +248,10 @@ def build_cases(
         layers = meta["layers"]
         orc = np.load(p["oracle"])
         ctx = R.Context(feats, meta, data, cfg.seed, LABELS_PER_CLASS)
+        sc_path = os.path.join(
+            cache, "scores", f"{cfg.name()}-{cfg.key()}-s{R.SCORES_VERSION}.json"
+        )
+        scores = R.model_scores(ctx, list(G.tasks_of(cfg)), sc_path)
         for task, mm in G.tasks_of(cfg).items():
             acc = orc[f"acc/{task}"]
             best, tied = tied_of(orc[f"correct/{task}"], n_boot, cfg.seed)
@@ -255,7 +259,7 @@ def build_cases(
             picks.update({R.NAMES[r]: hk["few"][task][r]["layer"] for r in FEW_LABEL})
             for role, layer in meta["roles"].items():
                 picks[f"fixed: {role}"] = layer
-            picks.update(R.candidate_picks(ctx, task, hk))
+            picks.update(R.candidate_picks(scores, layers, task, hk))
             cases.append(
                 Case(
                     f"{cfg.family}-{cfg.objective}",
@@ -318,6 +322,9 @@ def rule_stats(cases: list[Case], rule: str) -> dict[str, Any]:
     }
 
 
+MARKDOWN: list[str] = []  # every table printed, as markdown (written next to the text tables)
+
+
 def print_table(title: str, head: list[str], rows: list[list[str]]) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
@@ -328,6 +335,16 @@ def print_table(title: str, head: list[str], rows: list[list[str]]) -> str:
         + [line.format(*r) for r in rows]
     )
     print(text, flush=True)
+    MARKDOWN.append(
+        "\n".join(
+            [
+                f"\n{title.strip()}\n",
+                "| " + " | ".join(head) + " |",
+                "| " + " | ".join("---" for _ in head) + " |",
+            ]
+            + ["| " + " | ".join(r) + " |" for r in rows]
+        )
+    )
     return text
 
 
@@ -375,9 +392,11 @@ def depth_table(cases: list[Case]) -> str:
     groups: dict[tuple[str, str, str], list[Case]] = {}
     for c in cases:
         mm = c.mismatch
-        groups.setdefault((c.family, c.objective, mm), []).append(c)
+        groups.setdefault(("all", c.objective, mm), []).append(c)
         groups.setdefault((c.family, "all", mm), []).append(c)
         groups.setdefault(("all", "all", mm), []).append(c)
+        groups.setdefault((c.family, "all", "all"), []).append(c)
+        groups.setdefault(("all", c.objective, "all"), []).append(c)
     rows = []
     for (fam, obj, mm), cs in sorted(groups.items()):
         depth = np.array([R.rel_depth(c.layers, c.best) for c in cs])
@@ -387,6 +406,7 @@ def depth_table(cases: list[Case]) -> str:
         )
         olo, ohi = boot_mean(lost_out)
         tied_shallow = np.array([min(R.rel_depth(c.layers, t) for t in c.tied) for c in cs])
+        top = sum(c.picks["fixed: last block"] in c.tied for c in cs)
         rows.append(
             [
                 fam,
@@ -395,6 +415,7 @@ def depth_table(cases: list[Case]) -> str:
                 str(len(cs)),
                 f"{depth.mean():.2f} [{dlo:.2f}, {dhi:.2f}]",
                 f"{tied_shallow.mean():.2f}",
+                f"{top}/{len(cs)}",
                 f"{lost_out.mean():.1f} [{olo:.1f}, {ohi:.1f}]",
             ]
         )
@@ -440,6 +461,7 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--plot", default="", help="save the regret plot here (png)")
     p.add_argument("--families", nargs="*", default=G.FAMILIES)
+    p.add_argument("--reverse", action="store_true", help="go through the grid backwards")
     p.add_argument(
         "--oracle-epochs", type=int, default=ORACLE_EPOCHS, help="0: linear_probe's default"
     )
@@ -467,7 +489,7 @@ def main() -> None:
         print("WARNING: no registry data: stand-in images (smoke run only)")
     cfgs = [c for c in G.grid(args.seeds, args.smoke, data.real) if c.family in args.families]
     k, n = (int(v) for v in args.shard.split("/"))
-    mine = cfgs[k::n]
+    mine = cfgs[k::n][:: -1 if args.reverse else 1]
     if args.stage in ("all", "train"):
         for cfg in mine:
             stage_train(cfg, data, args.cache, log)
@@ -538,6 +560,8 @@ def report(cfgs: list[G.Cfg], data: G.GridData, args: argparse.Namespace, t0: fl
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_layer_choice.txt"), "w") as fh:
         fh.write("\n".join(parts) + "\n")
+    with open(os.path.join(args.out, "bench_layer_choice.md"), "w") as fh:
+        fh.write(title + "\n" + "\n".join(MARKDOWN) + "\n" + verdict + "\n")
     with open(os.path.join(args.out, "bench_layer_choice.json"), "w") as fh:
         json.dump(
             {"smoke": args.smoke, "rules": rows, "cases": [asdict(c) for c in cases], **info},

@@ -63,9 +63,11 @@ RULES: RuleRegistry = RuleRegistry(
         "ridge_margin": "few labels: highest mean leave-one-out margin of the same ridge "
         "regression (true-class score minus the best other class): a graded, less noisy "
         "ridge_loo",
+        "ridge_margin_rankme": "few labels + a label-free prefilter: the highest ridge_margin "
+        "among the layers whose RankMe (on every sample) is at least the median of the layers'",
     }
 )
-_FEW_LABEL = ("knn_loo", "linear_cv", "ridge_loo", "ridge_margin")
+_FEW_LABEL = ("knn_loo", "linear_cv", "ridge_loo", "ridge_margin", "ridge_margin_rankme")
 _RIDGE_LAMBDAS = (0.1, 1.0, 10.0)
 
 
@@ -486,8 +488,8 @@ def _choose(
         if rule == "knn_loo":
             correct = _knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
-        elif rule in ("ridge_loo", "ridge_margin"):
-            correct = _ridge_loo(rows, keep, y, dev, margin=rule == "ridge_margin")
+        elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme"):
+            correct = _ridge_loo(rows, keep, y, dev, margin=rule != "ridge_loo")
             info["ridge_lambdas"] = _RIDGE_LAMBDAS
         else:
             correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
@@ -523,12 +525,23 @@ def _choose(
             if n_boot > 0:
                 samples = _resample_spectral(rule, per_layer, n_boot, seed)
     keyv = _key_tensor(rule, values)
+    excluded = torch.zeros(len(keys), dtype=torch.bool)
+    if rule == "ridge_margin_rankme":
+        # label-free prefilter on every sample: layers of low effective rank are left out
+        rk = torch.tensor(
+            [SPECTRAL["rankme"](*moments(rows[k], dev).eigenvalues()) for k in keys],
+            dtype=torch.float64,
+        )
+        excluded = rk < rk.quantile(0.5)
+        keyv = keyv.masked_fill(excluded, -torch.inf)
+        info["rankme"] = {k: float(v) for k, v in zip(keys, rk.tolist(), strict=True)}
+        info["excluded"] = [k for k, e in zip(keys, excluded.tolist(), strict=True) if e]
     best = int(torch.argmax(keyv))
     confidence = None
     tied = [keys[best]]
     if samples is not None:
         ks = _key_tensor(rule, samples)
-        ks = torch.nan_to_num(ks, nan=-torch.inf)
+        ks = torch.nan_to_num(ks, nan=-torch.inf).masked_fill(excluded, -torch.inf)
         confidence = float((ks.argmax(1) == best).double().mean())
         tied = [keys[i] for i in tied_with(keyv, ks)]
     direction = "higher" if rule in _FEW_LABEL else METRICS[rule].direction
