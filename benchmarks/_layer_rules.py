@@ -318,6 +318,7 @@ SHIPPED = {
     "10 labels/class: ridge LOO": "ridge_loo",
     "10 labels/class: ridge LOO margin": "ridge_margin",
     "10 labels/class: ridge LOO margin, RankMe >= median": "ridge_margin_rankme",
+    "10 labels/class: ridge LOO + linear CV (z-scores)": "ridge_cv",
 }
 
 
@@ -397,7 +398,14 @@ def write_table(
             keys, key=lambda k: (table[k]["all"][0] / table[k]["all"][1], -table[k]["all"][2])
         )
 
-    few_keys = ("knn_loo", "linear_cv", "ridge_loo", "ridge_margin", "ridge_margin_rankme")
+    few_keys = (
+        "knn_loo",
+        "linear_cv",
+        "ridge_loo",
+        "ridge_margin",
+        "ridge_margin_rankme",
+        "ridge_cv",
+    )
     few = best([k for k in table if k in few_keys])
     free = best([k for k in table if k not in few_keys])
     lines = [

@@ -212,3 +212,23 @@ def test_ridge_margin_rankme_leaves_out_low_rank_layers() -> None:
     kept = [k for k in feats if k not in excluded]
     assert pre.layer == max(kept, key=lambda k: pre.scores[k])
     assert not set(pre.tied) & set(excluded)
+
+
+def test_ridge_cv_is_the_sum_of_the_two_rules_z_scores() -> None:
+    x, y = data(n=300)
+    feats = {k: x[:, a:b] for k, (a, b) in SPANS.items()}
+    kw = {"labels_per_class": 10, "n_boot": 30, "probe_kwargs": {"epochs": 20}}
+    both = choose_layer(feats, y, rule="ridge_cv", **kw)  # type: ignore[arg-type]
+    ridge = choose_layer(feats, y, rule="ridge_loo", **kw)  # type: ignore[arg-type]
+    cv = choose_layer(feats, y, rule="linear_cv", **kw)  # type: ignore[arg-type]
+
+    def z(s: dict[str, float]) -> np.ndarray:
+        v = np.array([s[k] for k in feats])
+        return (v - v.mean()) / v.std() if v.std() > 0 else np.zeros_like(v)
+
+    expect = z(ridge.scores) + z(cv.scores)
+    got = np.array([both.scores[k] for k in feats])
+    np.testing.assert_allclose(
+        got, expect, rtol=0, atol=100 * np.finfo(np.float64).eps * len(feats)
+    )
+    assert both.layer == "good" and "noise" not in both.tied

@@ -63,11 +63,20 @@ RULES: RuleRegistry = RuleRegistry(
         "ridge_margin": "few labels: highest mean leave-one-out margin of the same ridge "
         "regression (true-class score minus the best other class): a graded, less noisy "
         "ridge_loo",
+        "ridge_cv": "few labels: the sum of the z-scores across layers of ridge_loo and linear_cv "
+        "(two noisy estimates on the same labelled samples, averaged)",
         "ridge_margin_rankme": "few labels + a label-free prefilter: the highest ridge_margin "
         "among the layers whose RankMe (on every sample) is at least the median of the layers'",
     }
 )
-_FEW_LABEL = ("knn_loo", "linear_cv", "ridge_loo", "ridge_margin", "ridge_margin_rankme")
+_FEW_LABEL = (
+    "knn_loo",
+    "linear_cv",
+    "ridge_loo",
+    "ridge_margin",
+    "ridge_margin_rankme",
+    "ridge_cv",
+)
 _RIDGE_LAMBDAS = (0.1, 1.0, 10.0)
 
 
@@ -494,10 +503,19 @@ def _choose(
         else:
             correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
             info["cv_folds"] = cv_folds
-        values = correct.double().mean(1)
         n = int(y.numel())
-        if n_boot > 0:
-            samples = paired_bootstrap(correct, n_boot, seed).samples
+        if rule == "ridge_cv":
+            # two few-label estimates on the same samples, each as z-scores across layers
+            ridge = _ridge_loo(rows, keep, y, dev).double()
+            both = torch.cat([ridge, correct.double()])
+            values = _zsum(both.mean(1)[None], len(keys))[0]
+            info["ridge_lambdas"] = _RIDGE_LAMBDAS
+            if n_boot > 0:
+                samples = _zsum(paired_bootstrap(both, n_boot, seed).samples, len(keys))
+        else:
+            values = correct.double().mean(1)
+            if n_boot > 0:
+                samples = paired_bootstrap(correct, n_boot, seed).samples
     elif rule == "lidar":
         assert views is not None
         missing = [k for k in keys if k not in views]
@@ -585,6 +603,16 @@ def _knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) 
         )
         out.append(pred.cpu() == yc)
     return torch.stack(out)
+
+
+def _zsum(v: Tensor, n_layers: int) -> Tensor:
+    """``(B, 2L)`` two scores per layer -> ``(B, L)``: the sum of each score's z-score across
+    layers (a score equal on every layer contributes 0)."""
+    out = torch.zeros(v.shape[0], n_layers, dtype=torch.float64)
+    for part in (v[:, :n_layers], v[:, n_layers:]):
+        sd = part.std(1, unbiased=False, keepdim=True)
+        out += torch.where(sd > 0, (part - part.mean(1, keepdim=True)) / sd.clamp_min(1e-300), 0.0)
+    return out
 
 
 def _ridge_loo(
