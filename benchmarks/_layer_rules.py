@@ -309,6 +309,20 @@ def goal_verdict(cases: list[Any], stats: Callable[..., dict[str, Any]]) -> str:
             f"{'yes' if c['regret_ok'] else 'no'}; families where it does not: "
             f"{', '.join(c['families_failed']) or 'none'} -> {'GOAL MET' if c['met'] else 'goal not met'}"
         )
+    seeds = sorted({c.seed for c in cases})
+    if len(seeds) > 1:
+        last = seeds[-1]
+        sel = [c for c in cases if c.seed != last]
+        held = [c for c in cases if c.seed == last]
+        top = max(rules, key=lambda r: (stats(sel, r)["tie_rate"], -stats(sel, r)["mean_lost"]))
+        a, b = stats(sel, top), stats(held, top)
+        lines.append(
+            f"selection check: the best rule on seeds {seeds[:-1]} is {top!r} "
+            f"({100 * a['tie_rate']:.0f}% tied, {a['mean_lost']:.2f} points, {a['cases']} cases); "
+            f"on the held-out seed {last}: {100 * b['tie_rate']:.0f}% "
+            f"({100 * b['tie_lo']:.0f}-{100 * b['tie_hi']:.0f}), {b['mean_lost']:.2f} points "
+            f"({b['lost_lo']:.2f}-{b['lost_hi']:.2f}), {b['cases']} cases"
+        )
     return "\n".join(lines)
 
 
@@ -329,6 +343,15 @@ def headline(rules: list[str]) -> list[str]:
     ] + [r for r in rules if r not in SHIPPED and not r.startswith(("fixed:", "window"))]
 
 
+def plot_rules(rules: list[str]) -> list[str]:
+    """The rules the regret plot shows: the fixed defaults, headkit's shipped rules and the
+    window at 2/3 depth."""
+    keep = [r for r in rules if r.startswith("fixed:") and r != "fixed: DINOv2-style"]
+    keep += [r for r in rules if r in SHIPPED and "NESum" not in r and "unevenness" not in r]
+    keep += [r for r in rules if r == "window: layer at 0.67 depth"]
+    return keep
+
+
 def plot(
     cases: list[Any], rules: list[str], path: str, stats: Callable[..., dict[str, Any]]
 ) -> None:
@@ -340,7 +363,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     fams = [*sorted({c.family for c in cases}), "all"]
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = plt.subplots(figsize=(13, 5))
     w = 0.8 / len(rules)
     for j, r in enumerate(rules):
         means, errs = [], [[], []]
@@ -359,7 +382,7 @@ def plot(
     )
     ax.set_ylabel("points of linear-probe accuracy lost vs the best layer")
     ax.set_title("regret by rule and family (mean, 95% bootstrap interval over cases)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -569,10 +569,20 @@ def report(cfgs: list[G.Cfg], data: G.GridData, args: argparse.Namespace, t0: fl
             indent=1,
         )
     if args.plot:
-        R.plot(cases, main_rules, args.plot, rule_stats)
+        R.plot(cases, R.plot_rules(list(cases[0].picks)), args.plot, rule_stats)
     if args.write_table and not args.smoke:
+        grid = (
+            f"{n_models} small encoders ({', '.join(sorted({c.setting for c in cases}))}; "
+            "widths 32-128, 6-8 blocks for the deep families) pretrained briefly on 20x20 "
+            "Fashion-MNIST items with two MNIST digits; "
+            f"{len(cases)} cases (model x task: item, coarse group, a digit the views drop with "
+            "p=0.5 or p=0.9, mirrored item); few-label rules with 10 labels per class"
+        )
         R.write_table(
-            cases, rule_stats, os.path.join(HERE, "..", "headkit", "probe", "_bench_table.py")
+            cases,
+            rule_stats,
+            os.path.join(HERE, "..", "headkit", "probe", "_bench_table.py"),
+            grid,
         )
 
 
