@@ -333,6 +333,7 @@ SHIPPED = {
     "10 labels/class: ridge LOO margin": "ridge_margin",
     "10 labels/class: ridge LOO margin, RankMe >= median": "ridge_margin_rankme",
     "10 labels/class: ridge LOO + linear CV (z-scores)": "ridge_cv",
+    "10 labels/class: ridge LOO, shallowest within 1 SE": "ridge_1se",
 }
 
 
@@ -428,6 +429,7 @@ def write_table(
         "ridge_margin",
         "ridge_margin_rankme",
         "ridge_cv",
+        "ridge_1se",
     )
     few = best([k for k in table if k in few_keys])
     free = best([k for k in table if k not in few_keys])

@@ -232,3 +232,26 @@ def test_ridge_cv_is_the_sum_of_the_two_rules_z_scores() -> None:
         got, expect, rtol=0, atol=100 * np.finfo(np.float64).eps * len(feats)
     )
     assert both.layer == "good" and "noise" not in both.tied
+
+
+def test_ridge_1se_takes_the_first_layer_within_one_standard_error() -> None:
+    x, y = data(n=400)
+    g = torch.Generator().manual_seed(5)
+    # 'early' is the good layer with a little extra noise: a few points below 'good', so within
+    # one standard error of 10 labels per class, and first in the layer order
+    early = x[:, :8] + 0.3 * torch.randn(400, 8, generator=g)
+    feats = {"early": early, **{k: x[:, a:b] for k, (a, b) in SPANS.items()}}
+    ref = choose_layer(feats, y, rule="ridge_loo", labels_per_class=10, n_boot=0)
+    c = choose_layer(feats, y, rule="ridge_1se", labels_per_class=10, n_boot=100)
+    assert c.scores == ref.scores  # the same leave-one-out accuracies
+    top = max(ref.scores.values())
+    se = math.sqrt(top * (1 - top) / c.n_samples)
+    expect = next(k for k in feats if ref.scores[k] >= top - se - 1e-12)
+    assert c.layer == expect and c.info["one_se"] == pytest.approx(se)
+    assert c.layer in c.tied and "noise" not in c.tied
+    assert c.confidence is not None and 0.0 <= c.confidence <= 1.0
+    # order matters: the same layers listed deepest-first pick from the other end
+    rev = choose_layer(dict(reversed(list(feats.items()))), y, rule="ridge_1se",
+                       labels_per_class=10, n_boot=0)  # fmt: skip
+    expect_rev = next(k for k in reversed(list(feats)) if ref.scores[k] >= top - se - 1e-12)
+    assert rev.layer == expect_rev

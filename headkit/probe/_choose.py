@@ -63,6 +63,9 @@ RULES: RuleRegistry = RuleRegistry(
         "ridge_margin": "few labels: highest mean leave-one-out margin of the same ridge "
         "regression (true-class score minus the best other class): a graded, less noisy "
         "ridge_loo",
+        "ridge_1se": "few labels: the shallowest layer (first in the layer order) whose ridge_loo "
+        "accuracy is within one binomial standard error of the best layer's (the one-standard-"
+        "error rule of cross-validation)",
         "ridge_cv": "few labels: the sum of the z-scores across layers of ridge_loo and linear_cv "
         "(two noisy estimates on the same labelled samples, averaged)",
         "ridge_margin_rankme": "few labels + a label-free prefilter: the highest ridge_margin "
@@ -70,6 +73,7 @@ RULES: RuleRegistry = RuleRegistry(
     }
 )
 _FEW_LABEL = (
+    "ridge_1se",
     "knn_loo",
     "linear_cv",
     "ridge_loo",
@@ -497,8 +501,10 @@ def _choose(
         if rule == "knn_loo":
             correct = _knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
-        elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme"):
-            correct = _ridge_loo(rows, keep, y, dev, margin=rule != "ridge_loo")
+        elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme", "ridge_1se"):
+            correct = _ridge_loo(
+                rows, keep, y, dev, margin=rule in ("ridge_margin", "ridge_margin_rankme")
+            )
             info["ridge_lambdas"] = _RIDGE_LAMBDAS
         else:
             correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
@@ -554,10 +560,24 @@ def _choose(
         keyv = keyv.masked_fill(excluded, -torch.inf)
         info["rankme"] = {k: float(v) for k, v in zip(keys, rk.tolist(), strict=True)}
         info["excluded"] = [k for k, e in zip(keys, excluded.tolist(), strict=True) if e]
-    best = int(torch.argmax(keyv))
-    confidence = None
-    tied = [keys[best]]
-    if samples is not None:
+    if rule == "ridge_1se":
+        best = _one_se(keyv, n)
+        confidence = None
+        tied = [keys[best]]
+        if samples is not None:
+            picks = torch.tensor([_one_se(row, n) for row in samples])
+            confidence = float((picks == best).double().mean())
+            diff = samples[:, best : best + 1] - samples
+            lo, hi = torch.quantile(diff, torch.tensor([0.025, 0.975], dtype=diff.dtype), dim=0)
+            tied = [keys[i] for i in range(len(keys)) if i == best or (lo[i] <= 0 <= hi[i])]
+        info["one_se"] = float(
+            math.sqrt(max(float(keyv.max()) * (1 - float(keyv.max())), 1e-4) / n)
+        )
+    else:
+        best = int(torch.argmax(keyv))
+        confidence = None
+        tied = [keys[best]]
+    if samples is not None and rule != "ridge_1se":
         ks = _key_tensor(rule, samples)
         ks = torch.nan_to_num(ks, nan=-torch.inf).masked_fill(excluded, -torch.inf)
         confidence = float((ks.argmax(1) == best).double().mean())
@@ -603,6 +623,14 @@ def _knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) 
         )
         out.append(pred.cpu() == yc)
     return torch.stack(out)
+
+
+def _one_se(acc: Tensor, n: int) -> int:
+    """Index of the first layer whose accuracy is within one binomial standard error (of ``n``
+    samples) of the best."""
+    top = float(acc.max())
+    se = math.sqrt(max(top * (1 - top), 1e-4) / n)
+    return int((acc >= top - se - 1e-12).nonzero()[0])
 
 
 def _zsum(v: Tensor, n_layers: int) -> Tensor:
