@@ -430,7 +430,8 @@ def depth_table(cases: list[Case]) -> str:
             "cases",
             "best depth",
             "shallowest tied",
-            "backbone output loses",
+            "last block tied",
+            "backbone output loses (pts)",
         ],
         rows,
     )
