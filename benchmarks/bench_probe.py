@@ -1,4 +1,6 @@
-"""Batched linear probes against the same probes trained one at a time, in one run.
+"""Batched mini-batch linear probes (`linear_probe(solver="adam")`) against the same probes
+trained one at a time, in one run. (The default full-batch solver is measured against
+scikit-learn in bench_probe_sklearn.py.)
 
 Anchor: DINOv2-style evaluation, one ``nn.Linear`` + ``torch.optim.Adam`` (L2 through
 ``weight_decay``, cosine schedule) per (layer, lr, weight decay), trained in a Python loop on the
@@ -100,7 +102,12 @@ def main() -> None:
         f"{args.epochs} epochs, torch {torch.__version__}, {name}, {args.rounds} interleaved rounds"
     )
     kw = dict(
-        lrs=lrs, weight_decays=wds, epochs=args.epochs, batch_size=args.batch_size, device=dev
+        lrs=lrs,
+        weight_decays=wds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=dev,
+        solver="adam",  # the batched mini-batch probes against the same probes one at a time
     )
     res: dict[str, object] = {}
     runs: dict[str, Callable[[], object]] = {

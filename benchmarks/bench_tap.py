@@ -95,7 +95,7 @@ def params_kept() -> None:
     import open_clip
     import transformers as T
 
-    from headkit._model import default_layers
+    from headkit import default_layers
 
     warnings.filterwarnings("ignore")
     builders = {

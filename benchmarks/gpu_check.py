@@ -32,8 +32,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _util import dense_nt_xent
 
 import headkit
-from headkit._losses import _backend
-from headkit.ops import info_nce, nt_xent, reweight_normalize, sup_con
+from headkit.ops import info_nce, nt_xent, reweight_normalize, sup_con, triton_status
 
 # dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device name
 PEAKS = {
@@ -284,7 +283,7 @@ def main() -> None:
     print(
         f"device: {name} ({torch.cuda.get_device_properties(dev).total_memory / 2**30:.0f} GiB), "
         f"torch {torch.__version__}, headkit {headkit.__version__}, triton "
-        f"{'available' if _backend.triton_available() else 'NOT available'}, "
+        f"{'available' if triton_status()['available'] else 'NOT available'}, "
         f"HEADKIT_TRITON={os.environ.get('HEADKIT_TRITON', 'unset')}"
     )
     ok = True
@@ -304,7 +303,8 @@ def main() -> None:
     print(
         "\nTriton self-check verdicts (op, device, dot dtype, block D, precision -> Triton used):"
     )
-    for key, verdict in sorted(_backend._VERDICT.items(), key=str):
+    verdicts: dict[object, bool] = triton_status()["verdicts"]  # type: ignore[assignment]
+    for key, verdict in sorted(verdicts.items(), key=str):
         print(f"  {key} -> {verdict}")
     for w in caught:
         if "headkit" in str(w.message):

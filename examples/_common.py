@@ -2,7 +2,7 @@
 
 The data is scikit-learn's digits (1,797 real 8x8 handwritten digits that ship inside the wheel),
 so nothing is downloaded. The loaders and the augmentation come from headkit's data module,
-``headkit._data``, which ``headkit sweep`` and ``headkit demo`` use too.
+``headkit.data``, which ``headkit sweep`` and ``headkit demo`` use too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from headkit import MLPHead, ReweightHead
-from headkit._data import augment, digits  # noqa: F401  (re-exported for the examples)
+from headkit.data import augment, digits  # noqa: F401  (re-exported for the examples)
 
 
 class Encoder(nn.Module):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from headkit._cli import main
+from headkit.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["demo", *sys.argv[1:]]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["HeadkitError", "closest", "fmt_shape"]
+__all__ = ["HeadkitError", "closest", "first_line", "fmt_shape"]
 
 
 class HeadkitError(ValueError):
@@ -41,3 +41,9 @@ def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
 def fmt_shape(shape: Iterable[int]) -> str:
     """``(2, 3, 4)``-style text for a shape."""
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (its type's name when it has none), cut to
+    ``limit`` characters: for one-line messages that wrap a lower-level error."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

@@ -149,7 +149,7 @@ def _fixtures(folder: Path, cmd: str) -> None:
         )
     args = shlex.split(cmd)
     if "--checkpoint" in args and "--model" in args:
-        from headkit._zoo import build_model
+        from headkit._app.zoo import build_model
 
         ckpt = folder / args[args.index("--checkpoint") + 1]
         if not ckpt.exists():

@@ -1,4 +1,4 @@
-"""`headkit._model`: the facts about a user's model (M1 of issue 9) and `load_checkpoint`."""
+"""`headkit._layers.model`: the facts about a user's model (M1 of issue 9) and `load_checkpoint`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 import headkit
-from headkit import HeadkitError, LayerTap, feature_info, load_checkpoint, truncate_at
-from headkit._model import (
-    block_lists,
-    check_module,
+from headkit import (
+    HeadkitError,
+    LayerTap,
     default_layers,
-    num_prefix_tokens,
-    unwrap,
+    feature_info,
+    load_checkpoint,
+    truncate_at,
 )
+from headkit._layers.model import block_lists, check_module, num_prefix_tokens, unwrap
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -303,9 +304,13 @@ def test_missing_keys_and_classifier_hint(tmp_path: os.PathLike[str]) -> None:
         if not k.startswith("fc.")
     }
     with pytest.raises(HeadkitError, match=r"2 model keys missing.*fc\.weight.*classifier"):
-        load_checkpoint(torchvision.models.resnet18(), sd)
-    report = load_checkpoint(torchvision.models.resnet18(), sd, strict=False)
+        load_checkpoint(torchvision.models.resnet18(), sd, drop_classifier=False)
+    report = load_checkpoint(torchvision.models.resnet18(), sd, strict=False, drop_classifier=False)
     assert report.missing == ["fc.weight", "fc.bias"]
+    # by default a checkpoint without the classifier is a backbone: fc is removed (issue 17)
+    model = torchvision.models.resnet18()
+    report = load_checkpoint(model, sd)
+    assert isinstance(model.fc, nn.Identity) and not report.missing and "fc" in report.removed
 
 
 def test_shape_mismatch_always_raises() -> None:

@@ -11,8 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from headkit import HeadkitError, LayerTap, truncate_at
-from headkit._model import default_layers
+from headkit import HeadkitError, LayerTap, default_layers, truncate_at
 
 T = pytest.importorskip("transformers")
 

@@ -14,8 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from headkit import HeadkitError, LayerTap, feature_info, load_checkpoint, truncate_at
-from headkit._model import default_layers, num_prefix_tokens
+from headkit import (
+    HeadkitError,
+    LayerTap,
+    default_layers,
+    feature_info,
+    load_checkpoint,
+    truncate_at,
+)
+from headkit._layers.model import num_prefix_tokens
 
 T = pytest.importorskip("transformers")
 

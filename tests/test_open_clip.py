@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from headkit import HeadkitError, LayerTap, load_checkpoint, truncate_at
-from headkit._model import default_layers, num_prefix_tokens
+from headkit import HeadkitError, LayerTap, default_layers, load_checkpoint, truncate_at
+from headkit._layers.model import num_prefix_tokens
 
 open_clip = pytest.importorskip("open_clip")
 

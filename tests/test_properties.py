@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import headkit._losses._lse as C
+import headkit._kernels.lse as C
 from headkit import ReweightHead
 from headkit.ops import info_nce, nt_xent, sup_con
 

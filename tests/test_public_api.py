@@ -8,6 +8,8 @@ import sys
 import pytest
 
 import headkit
+import headkit.cli
+import headkit.data
 import headkit.ops
 import headkit.probe
 
@@ -16,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 def public_objects() -> list[tuple[str, object]]:
     out = []
-    for mod in (headkit, headkit.ops, headkit.probe, headkit.heads):
+    for mod in (headkit, headkit.ops, headkit.probe, headkit.heads, headkit.data, headkit.cli):
         for name in mod.__all__:
             obj = getattr(mod, name)
             if inspect.ismodule(obj) or name.startswith("__") or name == "PRESETS":
@@ -38,7 +40,7 @@ def test_every_public_name_is_documented(name: str, obj: object) -> None:
 
 
 def test_all_names_import() -> None:
-    for mod in (headkit, headkit.ops, headkit.probe, headkit.heads):
+    for mod in (headkit, headkit.ops, headkit.probe, headkit.heads, headkit.data, headkit.cli):
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
 

@@ -13,6 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from headkit import HeadkitError, LayerTap, feature_info, truncate_at
 
+from ._tol import magnitude, tol
+
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 
@@ -63,6 +65,7 @@ def timm_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, *size)
 
 
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("name", TIMM_MODELS)
 def test_timm_parity_every_index(name: str, timm_cache: dict[str, nn.Module]) -> None:
     model = get_timm(name, timm_cache)
@@ -80,7 +83,10 @@ def test_timm_parity_every_index(name: str, timm_cache: dict[str, nn.Module]) ->
             single = LayerTap(model, [i - n])(x)[i - n]  # negative index = same layer
             assert torch.equal(single, ref[i])
             cut = truncate_at(model, i)
-            torch.testing.assert_close(cut(x), ref[i], rtol=1e-5, atol=1e-5)
+            # timm's stop_early route sums in the same order; a pruned copy may not
+            torch.testing.assert_close(
+                cut(x), ref[i], **tol(torch.float32, magnitude(ref[i]), 3 * 3 * 512)
+            )
             assert storages(cut) <= storages(model)  # shares, no copies
             kept = n_params(cut)
             assert kept <= total and kept >= prev
@@ -315,6 +321,7 @@ def test_state_dict_roundtrip_and_full_checkpoint() -> None:
         truncate_at(torchvision.models.resnet18(), "layer2").load_state_dict(bad)
 
 
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("layer", ["layer2", 2])
 def test_truncate_deepcopy_compile_timm(layer: int | str, timm_cache: dict[str, nn.Module]) -> None:
     model = get_timm("resnet18", timm_cache)
@@ -325,7 +332,7 @@ def test_truncate_deepcopy_compile_timm(layer: int | str, timm_cache: dict[str, 
     torch.testing.assert_close(twin(x), ref)
     assert storages(twin).isdisjoint(storages(model))
     compiled = torch.compile(cut, backend="aot_eager")
-    torch.testing.assert_close(compiled(x), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled(x), ref, **tol(torch.float32, magnitude(ref), 3 * 3 * 512))
     torch.testing.assert_close(ref, LayerTap(model, [layer], pool="avg")(x)[layer])
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from headkit import HeadkitError
-from headkit._losses import _backend
+from headkit._kernels import backend as _backend
 
 pytest.importorskip("triton")
 
@@ -24,8 +24,8 @@ PRELUDE = textwrap.dedent(
     """
     import warnings
     import torch
-    import headkit._losses._backend as B
-    import headkit._losses._lse as L
+    import headkit._kernels.backend as B
+    import headkit._kernels.lse as L
     from headkit.ops import nt_xent, sup_con, info_nce, reweight_normalize
 
     def losses(dtype=torch.float32):
@@ -86,7 +86,7 @@ def test_kernels_equal_the_pytorch_path() -> None:
     temperature forms and reweight_normalize give the PyTorch path's values and gradients."""
     out = run(
         """
-        import headkit._triton as T
+        import headkit._kernels.triton as T
         fwd = Spy(T, "lse_forward"); bwd = Spy(T, "lse_backward"); rwn = Spy(T, "rwn_forward")
         a = losses()
         assert fwd.calls >= 5 and bwd.calls >= 5 and rwn.calls == 1, (fwd.calls, bwd.calls)
@@ -111,7 +111,7 @@ def test_kernels_equal_the_pytorch_path() -> None:
 def test_self_check_passes_and_the_kernels_are_used() -> None:
     out = run(
         """
-        import headkit._triton as T
+        import headkit._kernels.triton as T
         B.TRITON_DEVICE_TYPES.add("cpu")  # treat the interpreted CPU as a Triton device
         fwd = Spy(T, "lse_forward")
         with warnings.catch_warnings():
@@ -131,7 +131,7 @@ def test_broken_kernel_falls_back_with_one_warning() -> None:
     out = run(
         """
         import triton, triton.language as tl
-        import headkit._triton as T
+        import headkit._kernels.triton as T
         B.TRITON_DEVICE_TYPES.add("cpu")
         real_tile = T._tile
 
@@ -182,7 +182,7 @@ def _boom(*args: object, **kwargs: object) -> None:
 def test_raising_kernel_falls_back_with_one_warning(
     cpu_as_triton_device: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headkit._triton as T
+    import headkit._kernels.triton as T
     from headkit.ops import nt_xent
 
     key = ("contrastive_lse", "cpu", torch.float32, 16, _backend.dot_precision(torch.float32))
@@ -202,7 +202,7 @@ def test_raising_kernel_falls_back_with_one_warning(
 def test_forced_triton_does_not_hide_errors(
     cpu_as_triton_device: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headkit._triton as T
+    import headkit._kernels.triton as T
     from headkit.ops import nt_xent
 
     monkeypatch.setattr(T, "lse_forward", _boom)
@@ -215,7 +215,7 @@ def test_forced_triton_does_not_hide_errors(
 def test_switch_off(
     cpu_as_triton_device: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
 ) -> None:
-    import headkit._triton as T
+    import headkit._kernels.triton as T
     from headkit.ops import nt_xent
 
     monkeypatch.setattr(T, "lse_forward", _boom)

@@ -11,8 +11,7 @@
 from __future__ import annotations
 
 from ._bank import MemoryBank
-from ._functional import info_nce, nt_xent, sup_con
-from ._lse import contrastive_lse
+from ._functional import contrastive_lse, info_nce, nt_xent, sup_con
 from ._modules import InfoNCELoss, NTXentLoss, SupConLoss
 
 __all__ = [

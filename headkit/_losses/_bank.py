@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _dist
 from .._errors import HeadkitError, fmt_shape
-from . import _dist
 
 __all__ = ["MemoryBank", "parse_bank_size"]
 

@@ -10,10 +10,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _dist
 from .._errors import HeadkitError, fmt_shape
-from . import _dist
-from ._backend import compute_dtype
-from ._lse import lse
+from .._kernels.backend import compute_dtype
+from .._kernels.lse import lse
 
 __all__ = [
     "Temperature",
@@ -67,6 +67,29 @@ def _check_value(value: float, given: object) -> None:
         raise HeadkitError(
             f"temperature must be finite with abs(temperature) >= 1e-8, got {given!r}"
         )
+
+
+_CALL = "; the call got "
+
+
+def describe(**inputs: object) -> str:
+    """``out0 (4, 8), out1 (3, 8), labels (4,)``: every input of a call (None left out)."""
+    parts = []
+    for name, v in inputs.items():
+        if v is None:
+            continue
+        if isinstance(v, Tensor):
+            what = f"({int(v.shape[0])},)" if v.dim() == 1 else fmt_shape(v.shape)
+        else:
+            what = type(v).__name__
+        parts.append(f"{name} {what}")
+    return ", ".join(parts)
+
+
+def with_call(err: HeadkitError, **inputs: object) -> HeadkitError:
+    """``err`` naming every input of the call (the outermost call's names win)."""
+    msg = str(err).split(_CALL, 1)[0]
+    return HeadkitError(f"{msg}{_CALL}{describe(**inputs)}")
 
 
 def check_embeddings(name: str, z: object, ndim: int = 2) -> Tensor:
@@ -198,8 +221,11 @@ def nt_xent(
         >>> nt_xent(z0, z1).shape
         torch.Size([])
     """
-    t = check_temperature(temperature)
-    z0, z1 = _check_pair("z0", z0, "z1", z1)
+    try:
+        t = check_temperature(temperature)
+        z0, z1 = _check_pair("z0", z0, "z1", z1)
+    except HeadkitError as err:
+        raise with_call(err, z0=z0, z1=z1) from None
     world, rank = _dist.world(gather_distributed)
     n = z0.shape[0]
     q0, q1 = normalized_pair(z0, z1)
@@ -290,18 +316,22 @@ def info_nce(
         >>> info_nce(q, k, negatives=bank).shape
         torch.Size([])
     """
-    t = check_temperature(temperature)
-    query, key = _check_pair("query", query, "key", key)
+    try:
+        t = check_temperature(temperature)
+        query_, key_ = _check_pair("query", query, "key", key)
+        bank = None if negatives is None else check_embeddings("negatives", negatives)
+        if bank is not None and (bank.shape[1] != query_.shape[1] or bank.shape[0] == 0):
+            raise HeadkitError(
+                f"negatives must have shape (K, {query_.shape[1]}) with K >= 1, got "
+                f"{fmt_shape(bank.shape)}"
+            )
+    except HeadkitError as err:
+        raise with_call(err, query=query, key=key, negatives=negatives) from None
+    query, key = query_, key_
     world, rank = _dist.world(gather_distributed)
     n = query.shape[0]
     qn, kn = normalized_pair(query, key)
-    if negatives is not None:
-        bank = check_embeddings("negatives", negatives)
-        if bank.shape[1] != query.shape[1] or bank.shape[0] == 0:
-            raise HeadkitError(
-                f"negatives must have shape (K, {query.shape[1]}) with K >= 1, got "
-                f"{fmt_shape(bank.shape)}"
-            )
+    if bank is not None:
         return bank_loss(qn, kn, _normalized(bank.to(qn.device), qn.dtype), t, world, query, key)
     if world == 1 and n == 1:
         return _out(_zero(qn, kn, t), query, key)
@@ -356,17 +386,21 @@ def sup_con(
         >>> float(sup_con(z, torch.tensor([0, 0, 1, 1, 2, 2]))) > 0
         True
     """
-    t = check_temperature(temperature)
-    if isinstance(z, Tensor) and z.dim() == 2:
-        z = z.unsqueeze(1)
-    z = check_embeddings("z", z, ndim=3)
-    b, v, d = z.shape
-    lab = None if labels is None else check_labels(labels, b, z.device)
-    world, rank = _dist.world(gather_distributed)
-    if world == 1 and b * v < 2:
-        raise HeadkitError(f"sup_con needs at least 2 views in the batch, got B={b}, V={v}")
-    if b == 0:
-        raise HeadkitError(f"sup_con got an empty batch: z of shape {fmt_shape(z.shape)}")
+    given = z
+    try:
+        t = check_temperature(temperature)
+        if isinstance(z, Tensor) and z.dim() == 2:
+            z = z.unsqueeze(1)
+        z = check_embeddings("z", z, ndim=3)
+        b, v, d = z.shape
+        lab = None if labels is None else check_labels(labels, b, z.device)
+        world, rank = _dist.world(gather_distributed)
+        if world == 1 and b * v < 2:
+            raise HeadkitError(f"sup_con needs at least 2 views in the batch, got B={b}, V={v}")
+        if b == 0:
+            raise HeadkitError(f"sup_con got an empty batch: z of shape {fmt_shape(z.shape)}")
+    except HeadkitError as err:
+        raise with_call(err, z=given, labels=labels) from None
     q = _normalized(z).reshape(b * v, d)
     if world > 1:
         k, info = _dist.gather(q, rank)
@@ -404,3 +438,46 @@ def sup_con(
     if rescale:
         loss = loss * t
     return _out(loss, z)
+
+
+def contrastive_lse(
+    q: Tensor,
+    k: Tensor,
+    q_labels: Tensor,
+    k_labels: Tensor,
+    self_idx: Tensor,
+    temperature: float | Tensor,
+    need_pos: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Tiled log-sum-exp and summed positive logits of ``q @ k.T / temperature``.
+
+    Args:
+        q: ``(A, D)`` anchors (float32 or float64).
+        k: ``(K, D)`` keys, same dtype and device.
+        q_labels: ``(A,)`` int64 anchor labels.
+        k_labels: ``(K,)`` int64 key labels; key j is a positive of anchor a when the labels match.
+        self_idx: ``(A,)`` int64, the key index excluded for each anchor (``-1``: none).
+        temperature: a float, or a scalar tensor (differentiable: a learnable temperature
+            receives its gradient).
+        need_pos: compute ``pos`` and ``cnt`` (False returns zeros and skips the label masks).
+
+    Returns:
+        ``(lse, pos, cnt)``, each ``(A,)``: log-sum-exp over the non-excluded keys, the sum of the
+        positive logits, and the number of positives (not differentiable).
+
+    Example:
+        >>> import torch
+        >>> from headkit.ops import contrastive_lse
+        >>> q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+        >>> lab = torch.tensor([0, 0, 1, 1, 2, 2])
+        >>> lse, pos, cnt = contrastive_lse(q, q, lab, lab, torch.arange(6), 0.1)
+        >>> cnt.tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    from .._losses._functional import check_temperature
+
+    t = check_temperature(temperature)
+    ql, kl = (q_labels, k_labels) if need_pos else (None, None)
+    if isinstance(t, Tensor):
+        return lse(q * t.reciprocal().to(q.dtype), k, q_labels=ql, k_labels=kl, self_idx=self_idx)
+    return lse(q, k, q_labels=ql, k_labels=kl, self_idx=self_idx, inv_t=1.0 / t)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .. import _dist
 from .._errors import HeadkitError
-from . import _dist
 from ._bank import MemoryBank, parse_bank_size
 from ._functional import (
     _check_pair,
@@ -15,6 +15,7 @@ from ._functional import (
     normalized_pair,
     nt_xent,
     sup_con,
+    with_call,
 )
 
 __all__ = ["InfoNCELoss", "NTXentLoss", "SupConLoss"]
@@ -93,7 +94,14 @@ class NTXentLoss(nn.Module):
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         """Loss of two ``(N, D)`` views."""
+        try:
+            return self._loss(out0, out1)
+        except HeadkitError as err:
+            raise with_call(err, out0=out0, out1=out1) from None
+
+    def _loss(self, out0: Tensor, out1: Tensor) -> Tensor:
         if self.memory_bank is None:
+            _check_pair("out0", out0, "out1", out1)  # the module's names in the message
             return nt_xent(out0, out1, self.temperature, gather_distributed=self.gather_distributed)
         t = check_temperature(self.temperature)
         z0, z1 = _check_pair("out0", out0, "out1", out1)
@@ -150,14 +158,29 @@ class SupConLoss(nn.Module):
         self, z: Tensor, labels: Tensor | None = None, out1_labels: Tensor | None = None
     ) -> Tensor:
         """Loss of ``(B, V, D)`` embeddings with ``(B,)`` labels (or lightly's two views)."""
-        if (
+        views = (
             isinstance(z, Tensor)
             and isinstance(labels, Tensor)
             and z.dim() == 2
             and labels.dim() == 2
             and labels.dtype.is_floating_point
-            and labels.shape == z.shape
-        ):
+            and (labels.shape == z.shape or labels.shape[-1] != 1)  # (B, 1) floats: labels
+        )
+        names = (
+            {"out0": z, "out1": labels, "labels": out1_labels}
+            if views or out1_labels is not None
+            else {"z": z, "labels": labels}
+        )
+        try:
+            return self._loss(z, labels, out1_labels, views)
+        except HeadkitError as err:
+            raise with_call(err, **names) from None
+
+    def _loss(
+        self, z: Tensor, labels: Tensor | None, out1_labels: Tensor | None, views: bool
+    ) -> Tensor:
+        if views:
+            assert labels is not None
             _check_pair("out0", z, "out1", labels)
             z, labels = _stack(z, labels), out1_labels
         elif out1_labels is not None:

@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch import nn
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
-from .._pool import Pool
-from .._tap import LayerTap
+from .._layers.model import LayerSpec
+from .._layers.pool import Pool
+from .._layers.tap import LayerTap
 from ..probe import OnlineLayerProbe
 
 try:
@@ -46,7 +46,8 @@ class LayerProbeCallback(pl.Callback):  # type: ignore[misc]
     Args:
         layers: layer specs of ``pl_module`` (or of ``pl_module.<module_attr>``), module names.
         num_classes: number of classes of the labels.
-        pool: pooling of the tapped outputs before the probe (default ``"avg"``).
+        pool: pooling of the tapped outputs before the probe (default ``"auto"``: the pool that
+            fits the model, as for `LayerTap`).
         lr: Adam learning rate of the probes.
         module_attr: attribute of the LightningModule holding the encoder (None: the module).
 
@@ -62,7 +63,7 @@ class LayerProbeCallback(pl.Callback):  # type: ignore[misc]
         layers: Sequence[LayerSpec],
         num_classes: int,
         *,
-        pool: Pool = "avg",
+        pool: Pool = "auto",
         lr: float = 1e-3,
         module_attr: str | None = None,
     ) -> None:

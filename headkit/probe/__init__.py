@@ -1,6 +1,6 @@
 """Layer sweeps: which layer should I use?
 
-Per-layer linear probes and kNN with labels (with paired-bootstrap intervals and ties), label-free
+Per-layer linear probes and kNN with labels (with Wilson intervals and paired-bootstrap ties), label-free
 measures of each layer (RankMe, the paper's spectrum unevenness, alpha-ReQ, NESum, LiDAR), a
 layer recommendation without labelled data, reports and figures, and online probes.
 

@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._dist import dist_state
 from .._errors import HeadkitError, closest
-from .._model import LayerSpec
-from .._pool import Pool
+from .._layers.model import LayerSpec
+from .._layers.pool import Pool
 from . import _bench_table
-from ._dist import dist_state
-from ._extract import Features, extract
+from ._checks import check_layers, knn_k_for
+from ._extract import ExtractOptions, Features, extract
 from ._linear import fit_linear
-from ._metrics import LidarStats, Moments, encode_labels, knn_predict, moments
+from ._metrics import LidarStats, Moments, check_views, encode_labels, knn_predict, moments
 from ._registry import METRICS, SPECTRAL, Frozen
 from ._rows import Rows
 from ._stats import paired_bootstrap, tied_with
@@ -378,7 +379,7 @@ def choose_layer(
     labels_per_class: int | None = None,
     n_boot: int = 200,
     seed: int = 0,
-    knn_k: int = 20,
+    knn_k: int | None = None,
     cv_folds: int = 5,
     probe_kwargs: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
@@ -405,7 +406,8 @@ def choose_layer(
             resample 16 random blocks of samples (their measures are spectra, not per-sample
             scores); few-label rules resample the labelled samples.
         seed: seed of the label subset, the folds and the bootstrap.
-        knn_k: neighbours of ``"knn_loo"``.
+        knn_k: neighbours of ``"knn_loo"`` (more than the other labelled samples is refused);
+            None: 20, or all of them when fewer.
         cv_folds: folds of ``"linear_cv"``.
         probe_kwargs: arguments of `linear_probe` for ``"linear_cv"``.
         device: where the work runs (default: the features' device).
@@ -439,6 +441,8 @@ def choose_layer(
     dev = torch.device(device) if device is not None else next(iter(rows.values())).device
     view_stats_ = None
     if views is not None:
+        for k, v in views.items():
+            check_views(k, v)
         view_stats_ = {k: _lidar_blocks(v, 16, seed) for k, v in views.items()}
     return _choose(
         rows,
@@ -478,7 +482,7 @@ def _choose(
     labels_per_class: int | None,
     n_boot: int,
     seed: int,
-    knn_k: int,
+    knn_k: int | None,
     cv_folds: int,
     probe_kwargs: Mapping[str, Any] | None,
     dev: torch.device,
@@ -498,7 +502,9 @@ def _choose(
         sub = {k: r.select(keep) for k, r in rows.items()}
         info["labels_per_class"] = labels_per_class
         info["n_classes"] = int(torch.unique(y).numel())
+        check_layers(sub, y, k=knn_k if rule == "knn_loo" else None, loo=True)
         if rule == "knn_loo":
+            knn_k = knn_k_for(knn_k, int(y.numel()) - 1)
             correct = _knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
         elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme", "ridge_1se"):
@@ -527,11 +533,12 @@ def _choose(
         missing = [k for k in keys if k not in views]
         if missing:
             raise HeadkitError(f"views has no features for layers {missing}")
-        values = torch.tensor([merge(views[k]).value() for k in keys], dtype=torch.float64)
+        values = torch.tensor([merge(views[k]).value(layer=k) for k in keys], dtype=torch.float64)
         n = merge(views[keys[0]]).n
         if n_boot > 0:
             samples = _resample_lidar([views[k] for k in keys], n_boot, seed)
     else:
+        check_layers(rows)
         n = rows[keys[0]].n
         if any(r.d > r.n for r in rows.values()):
             # wider than the data: exact values from the N x N Gram matrix, no block bootstrap
@@ -783,13 +790,13 @@ def recommend_layer(
     rule: str = "auto",
     views: Iterable[Any] | None = None,
     labels_per_class: int | None = None,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,
     n_boot: int = 200,
     seed: int = 0,
-    knn_k: int = 20,
+    knn_k: int | None = None,
     cv_folds: int = 5,
     probe_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -832,7 +839,8 @@ def recommend_layer(
         store: folder for memory-mapped features.
         n_boot: bootstrap resamples for ``confidence`` and ``tied`` (0: none).
         seed: seed of the label subset, the folds and the bootstrap.
-        knn_k: neighbours of ``"knn_loo"``.
+        knn_k: neighbours of ``"knn_loo"`` (more than the other labelled samples is refused);
+            None: 20, or all of them when fewer.
         cv_folds: folds of ``"linear_cv"``.
         probe_kwargs: arguments of `linear_probe` for ``"linear_cv"``.
         progress: progress bars.
@@ -861,20 +869,8 @@ def recommend_layer(
         >>> few.labelled, few.n_samples
         (True, 20)
     """
-    ex = extract(
-        model,
-        loader,
-        layers,
-        pool=pool,
-        device=device,
-        max_samples=max_samples,
-        store=store,
-        progress=progress,
-        amp=amp,
-        distributed=distributed,
-        desc="extract",
-        where="recommend_layer",
-    )
+    opts = ExtractOptions(pool, device, max_samples, store, progress, amp, distributed)
+    ex = extract(model, loader, layers, opts, desc="extract", where="recommend_layer")
     dev = torch.device(ex.info["device"])
     vs = None
     if views is not None:
@@ -882,12 +878,8 @@ def recommend_layer(
             model,
             views,
             list(ex.rows),
-            pool=pool,
-            device=device,
-            amp=amp,
-            max_samples=max_samples,
+            opts,
             d=dist_state(distributed),
-            progress=progress,
             blocks=16,
             seed=seed,
         )

@@ -16,11 +16,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from .._dist import Dist, dist_state, scatter_positions
 from .._errors import HeadkitError, fmt_shape
-from .._model import LayerSpec, check_module, default_layers, unwrap
-from .._pool import Pool
-from .._tap import LayerTap
-from ._dist import Dist, dist_state, scatter_positions
+from .._layers.model import LayerSpec, check_module, default_layers, unwrap
+from .._layers.pool import Pool
+from .._layers.tap import LayerTap
 from ._rows import FileWriter, Rows, open_stored
 
 __all__ = [
@@ -292,23 +292,38 @@ def _layer_paths(folder: str, keys: Sequence[LayerSpec], prefix: str = "") -> di
     return out
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How features are extracted: the options `extract_features`, `layer_sweep`,
+    `recommend_layer` and the LiDAR views share (see `extract_features` for each)."""
+
+    pool: Pool = "auto"
+    device: torch.device | str | None = None
+    max_samples: int | None = None
+    store: str | os.PathLike[str] | None = None
+    progress: bool = True
+    amp: bool | torch.dtype = False
+    distributed: bool | None = None
+    out_device: torch.device | str | None = "cpu"
+
+
 def extract(
     model: object,
     loader: Iterable[Any],
     layers: Sequence[LayerSpec] | LayerSpec | None,
+    opts: ExtractOptions,
     *,
-    pool: Pool = "avg",
-    device: torch.device | str | None = None,
-    max_samples: int | None = None,
-    store: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    amp: bool | torch.dtype = False,
-    distributed: bool | None = None,
-    out_device: torch.device | str | None = "cpu",
     desc: str = "extract features",
     where: str = "extract_features",
 ) -> Extracted:
     """`extract_features` with the facts of the run and readers for every layer."""
+    pool, device, max_samples, store = opts.pool, opts.device, opts.max_samples, opts.store
+    progress, amp, distributed, out_device = (
+        opts.progress,
+        opts.amp,
+        opts.distributed,
+        opts.out_device,
+    )
     model = check_module(model, where)
     if max_samples is not None and (isinstance(max_samples, bool) or max_samples <= 0):
         raise HeadkitError(f"max_samples must be a positive int, got {max_samples!r}")
@@ -393,9 +408,9 @@ def extract(
     info: dict[str, Any] = {
         "device": str(dev),
         "amp": str(amp).replace("torch.", "") if amp else False,
-        "pool": pool
-        if isinstance(pool, str) or pool is None
-        else getattr(pool, "__name__", "callable"),
+        "pool": tap.pool
+        if isinstance(tap.pool, str) or tap.pool is None
+        else getattr(tap.pool, "__name__", "callable"),
         "extract_s": 0.0,
     }
     local_labels = torch.cat(labels) if labels else None
@@ -442,48 +457,6 @@ def _finish_local(
             feats[k] = s.tensor()
             rows[k] = Rows(feats[k])
     return feats, rows
-
-
-class _FileOut:
-    """A writable shared mapping of a preallocated float32 file, flushed and dropped regularly."""
-
-    def __init__(self, path: str, n: int, d: int) -> None:
-        import mmap
-
-        self.path, self.n, self.d = path, n, d
-        size = n * d * 4
-        with open(path, "wb") as fh:
-            fh.truncate(size)
-        self.mm: Any = None
-        if size:
-            with open(path, "r+b") as fh:
-                self.mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_WRITE)
-        self.t = torch.frombuffer(self.mm, dtype=torch.float32).view(n, d) if size else None
-        self.touched = 0
-
-    def write(self, pos: Tensor, rows: Tensor) -> None:
-        if self.t is None or pos.numel() == 0:
-            return
-        self.t.index_copy_(0, pos, rows)
-        self.touched += rows.numel() * 4
-        if self.touched >= 32 << 20:
-            self.drop()
-
-    def drop(self) -> None:
-        import mmap
-
-        self.touched = 0
-        if self.mm is not None:
-            self.mm.flush()
-            if hasattr(mmap, "MADV_DONTNEED"):
-                self.mm.madvise(mmap.MADV_DONTNEED)
-
-    def close(self) -> None:
-        self.drop()
-        self.t = None
-        if self.mm is not None:
-            self.mm.close()
-            self.mm = None
 
 
 def _gather(
@@ -547,10 +520,10 @@ def _gather(
     for k, r in local.items():
         dim = width.get(k, 0)
         if folder is not None:
-            out = _FileOut(final_paths[k], total, dim) if write_files else None
-            _gather_rows(d, r, dim, sizes, positions, out.write if out else None)
+            out = FileWriter(final_paths[k], n=total, d=dim) if write_files else None
+            _gather_rows(d, r, dim, sizes, positions, out.write_at if out else None)
             if out is not None:
-                out.close()
+                out.finish()
         else:
             dest = torch.empty(total, dim, device=out_dev or r.device)
 
@@ -656,7 +629,7 @@ def extract_features(
     loader: Iterable[Any],
     layers: Sequence[LayerSpec] | LayerSpec | None = None,
     *,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,
@@ -700,7 +673,8 @@ def extract_features(
         loader: an iterable of batches (see above).
         layers: layer specs, as for `LayerTap` (default: the model's default layers: every
             timm index for timm models, the top-level children otherwise).
-        pool: pooling, as for `LayerTap` (default ``"avg"``); outputs are flattened after it.
+        pool: pooling, as for `LayerTap` (default ``"auto"``: the pool that fits the model);
+            outputs are flattened after it.
         device: where to run the model (see above).
         max_samples: stop after this many samples (in total over ranks).
         store: folder for ``<layer>.f32`` files (row-major float32 ``(N, D)``), or None to keep
@@ -730,17 +704,6 @@ def extract_features(
         >>> feats["0"].shape, labels.shape
         (torch.Size([15, 8]), torch.Size([15]))
     """
-    ex = extract(
-        model,
-        loader,
-        layers,
-        pool=pool,
-        device=device,
-        max_samples=max_samples,
-        store=store,
-        progress=progress,
-        amp=amp,
-        distributed=distributed,
-        out_device=out_device,
-    )
+    opts = ExtractOptions(pool, device, max_samples, store, progress, amp, distributed, out_device)
+    ex = extract(model, loader, layers, opts)
     return Features(ex.feats, ex.labels)

@@ -1,29 +1,50 @@
-"""Linear probes: every layer and every (lr, weight decay) setting trained at once, streaming."""
+"""Linear probes: per layer a grid of L2 penalties solved at once (full-batch L-BFGS), or every
+layer and every (lr, weight decay) setting trained at once with mini-batch Adam; streaming."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
+from ._checks import check_layers
 from ._metrics import check_finite_rows, check_xy, encode_labels
 from ._rows import Rows
+from ._solver import Blocks, eig_gram, fit_softmax
 
-__all__ = ["ProbeResult", "fit_linear", "linear_probe"]
+__all__ = [
+    "ProbeResult",
+    "ProbeSettings",
+    "fit_linear",
+    "linear_probe",
+]
 
 FeatureDict = Mapping[LayerSpec, Tensor]
+
+SOLVERS = ("lbfgs", "adam")
+# L2 penalties (on the mean loss) tried by the full-batch solver; scikit-learn's C is 1 / (wd n)
+LBFGS_WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+ADAM_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
+# a layer's standardised training features are kept in memory for the full-batch solver up to
+# this size; larger ones are standardised block by block at every pass
+_KEEP_BYTES = 128 << 20
+# the grid is solved to a 10x looser tolerance than the refit: enough to rank the settings
+_GRID_TOL = 10.0
 
 
 class ProbeResult(dict[LayerSpec, float]):
     """Top-1 test accuracy per layer (a dict), with the chosen settings and per-sample results.
 
     Attributes:
-        settings: ``{layer: {"lr": ..., "weight_decay": ...}}`` chosen on the held-out split.
+        settings: ``{layer: {"weight_decay": ..., "C": ...}}`` chosen on the held-out split
+            (``C = 1 / (weight_decay * n)``, scikit-learn's ``C`` for the ``n`` samples of the
+            final fit); with ``solver="adam"``, ``{layer: {"lr": ..., "weight_decay": ...}}``.
         val_accuracy: ``{layer: accuracy on the held-out split with the chosen setting}``.
         predictions: ``{layer: (M,) predicted labels of the test samples}`` (CPU).
         correct: ``{layer: (M,) bool, whether each test sample was classified right}`` (CPU);
@@ -33,9 +54,9 @@ class ProbeResult(dict[LayerSpec, float]):
         >>> import torch
         >>> from headkit.probe import linear_probe
         >>> x = torch.randn(100, 4); y = (x[:, 0] > 0).long()
-        >>> res = linear_probe({"a": x[:80]}, y[:80], {"a": x[80:]}, y[80:], epochs=5)
+        >>> res = linear_probe({"a": x[:80]}, y[:80], {"a": x[80:]}, y[80:])
         >>> sorted(res.settings["a"]), res.correct["a"].shape
-        (['lr', 'weight_decay'], torch.Size([20]))
+        (['C', 'weight_decay'], torch.Size([20]))
     """
 
     settings: dict[LayerSpec, dict[str, float]]
@@ -51,23 +72,26 @@ class _Stats:
 
 
 def _stats(rows: Rows, dev: torch.device) -> _Stats:
-    """Mean and (unbiased) standard deviation per feature, streamed in float64."""
-    shift: Tensor | None = None
-    s1 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
-    s2 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
-    for block in rows.chunks(rows.block_rows(itemsize=8)):
-        b = block.to(dev, torch.float64)
-        if shift is None:
-            shift = b[0].clone()
-        b = b - shift
-        s1 += b.sum(0)
-        s2 += b.square().sum(0)
-    assert shift is not None
-    n = rows.n
-    mean = s1 / n
-    var = (s2 - n * mean.square()) / max(1, n - 1)
+    """Mean and (unbiased) standard deviation per feature, in one streamed pass.
+
+    Each block's mean and variance come from `torch.var_mean` (two passes over the block, no
+    cancellation); the blocks are merged in float64 (Chan et al.'s pairwise update).
+    """
+    n = 0
+    mean = torch.zeros(rows.d, dtype=torch.float64, device=dev)
+    m2 = torch.zeros(rows.d, dtype=torch.float64, device=dev)
+    for block in rows.chunks():
+        b = block.to(dev)
+        k = int(b.shape[0])
+        var_b, mean_b = torch.var_mean(b, 0, correction=0)
+        delta = mean_b.double() - mean
+        tot = n + k
+        mean += delta * (k / tot)
+        m2 += var_b.double() * k + delta.square() * (n * k / tot)
+        n = tot
+    var = m2 / max(1, n - 1)
     std = var.clamp_min(0).sqrt().clamp_min(1e-6)
-    return _Stats((shift + mean).float(), std.float())
+    return _Stats(mean.float(), std.float())
 
 
 @dataclass
@@ -218,71 +242,114 @@ def _predict(
     return torch.cat(preds), loss
 
 
-def fit_linear(
+def _standardised(rows: Rows, stats: _Stats, dev: torch.device) -> Blocks:
+    """A pass over ``rows`` standardised with ``stats``: one kept tensor, or blocks re-read."""
+    if rows.n * rows.d * 4 <= _KEEP_BYTES:
+        x = torch.empty(rows.n, rows.d, device=dev)
+        s = 0
+        for block in rows.chunks():
+            m = int(block.shape[0])
+            torch.div(block.to(dev) - stats.mean, stats.std, out=x[s : s + m])
+            s += m
+
+        def kept() -> Iterator[tuple[int, Tensor]]:
+            yield 0, x
+
+        return kept
+
+    def streamed() -> Iterator[tuple[int, Tensor]]:
+        s = 0
+        for block in rows.chunks():
+            yield s, (block.to(dev) - stats.mean) / stats.std
+            s += int(block.shape[0])
+
+    return streamed
+
+
+def _choose(val_acc: Tensor, val_loss: Tensor, n_val: int) -> Tensor:
+    """Per layer, the setting with the best held-out accuracy; among those within one sample of
+    it, the lowest held-out loss. ``(L, P)`` -> ``(L,)``."""
+    near = val_acc >= val_acc.max(1, keepdim=True).values - 1.0 / n_val - 1e-9
+    return torch.where(near, val_loss, torch.full_like(val_loss, math.inf)).argmin(1).cpu()
+
+
+def _fit_lbfgs(
+    train: list[Rows],
+    test: list[Rows],
+    ytr: Tensor,
+    c: int,
+    wds: Tensor,
+    fit_idx: Tensor,
+    val_idx: Tensor,
+    max_iter: int,
+    tol: float,
+    refit: bool,
+    dev: torch.device,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Full-batch probes, one layer at a time, all penalties of a layer at once.
+
+    Returns the chosen setting per layer ``(L,)``, the held-out accuracies ``(L, P)`` and the
+    test predictions per layer.
+    """
+    best_rows, val_rows_acc, preds = [], [], []
+    y_fit = ytr[fit_idx].to(dev)
+    y_val = ytr[val_idx].to(dev)
+    for tr, te in zip(train, test, strict=True):
+        stats = _stats(tr, dev)  # all training rows: label-free, shared by fit and refit
+        fit_x = _standardised(tr.select(fit_idx), stats, dev)
+        eig = eig_gram(fit_x, tr.d, max_rows=max(2048, 4 * tr.d))
+        w, b, _ = fit_softmax(fit_x, y_fit, c, wds, eig=eig, max_iter=max_iter, tol=tol * _GRID_TOL)
+        del fit_x
+        params = (w, b)
+        pred, loss = _predict(tr.select(val_idx), params, stats, dev, ytr[val_idx])
+        assert loss is not None
+        acc = (pred == y_val.view(-1, 1)).double().mean(0)
+        # the lowest held-out cross-entropy: over a few hundred held-out samples it ranks the
+        # penalties with less noise than their accuracy (which moves in steps of 1 / n_val)
+        best = int(loss.argmin())
+        if refit:
+            all_x = _standardised(tr, stats, dev)
+            params = fit_softmax(
+                all_x,
+                ytr.to(dev),
+                c,
+                wds[best : best + 1],
+                eig=eig,
+                max_iter=max_iter,
+                tol=tol,
+                init=(w[:, best : best + 1], b[best : best + 1]),
+            )[:2]
+            del all_x
+            preds.append(_predict(te, params, stats, dev)[0][:, 0])
+        else:
+            preds.append(_predict(te, params, stats, dev)[0][:, best])
+        best_rows.append(best)
+        val_rows_acc.append(acc)
+    return torch.tensor(best_rows), torch.stack(val_rows_acc), preds
+
+
+def _fit_adam(
     train: Mapping[LayerSpec, Rows],
-    train_labels: Tensor,
+    keys: list[LayerSpec],
     test: Mapping[LayerSpec, Rows],
-    test_labels: Tensor,
-    *,
-    lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
-    epochs: int = 100,
-    batch_size: int = 256,
-    val_fraction: float = 0.2,
-    refit: bool = True,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-) -> ProbeResult:
-    """`linear_probe` on `Rows` (features in memory or on disk)."""
-    keys = list(train)
-    if keys != list(test):
-        raise HeadkitError(
-            f"train and test features must have the same layers, got {keys} and {list(test)}"
-        )
-    if not keys:
-        raise HeadkitError("linear_probe needs at least one layer")
-    for k in keys:
-        if train[k].n != train_labels.shape[0]:
-            raise HeadkitError(
-                f"train features of layer {k!r} have {train[k].n} rows but there are "
-                f"{train_labels.shape[0]} labels"
-            )
-        if test[k].n != test_labels.shape[0]:
-            raise HeadkitError(
-                f"test features of layer {k!r} have {test[k].n} rows but there are "
-                f"{test_labels.shape[0]} labels"
-            )
-        if train[k].d != test[k].d:
-            raise HeadkitError(
-                f"layer {k!r}: train features have D={train[k].d}, test features D={test[k].d}"
-            )
-        if train[k].n == 0 or test[k].n == 0:
-            raise HeadkitError(f"the features of layer {k!r} are empty")
-        check_finite_rows(train[k], k, "train")
-        check_finite_rows(test[k], k, "test")
-    if not 0 < val_fraction < 1:
-        raise HeadkitError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if not lrs or not weight_decays:
-        raise HeadkitError("lrs and weight_decays must be non-empty")
-    if isinstance(epochs, bool) or epochs < 1 or batch_size < 1:
-        raise HeadkitError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    dev = torch.device(device) if device is not None else next(iter(train.values())).device
-    classes, ytr, (yte,) = encode_labels(train_labels.cpu(), test_labels.cpu())
-    c = classes.numel()
-    if c < 2:
-        raise HeadkitError(
-            f"linear_probe needs at least 2 classes in the training labels, got {classes.tolist()}"
-        )
+    ytr: Tensor,
+    c: int,
+    lrs: Sequence[float],
+    weight_decays: Sequence[float],
+    fit_idx: Tensor,
+    val_idx: Tensor,
+    epochs: int,
+    batch_size: int,
+    refit: bool,
+    seed: int,
+    dev: torch.device,
+) -> tuple[Tensor, Tensor, list[Tensor], list[tuple[float, float]]]:
+    """Mini-batch Adam probes: every layer and every ``(lr, weight decay)`` at once."""
     grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     lr_t = torch.tensor([g[0] for g in grid], dtype=torch.float32)
     wd_t = torch.tensor([g[1] for g in grid], dtype=torch.float32)
-    n = int(ytr.shape[0])
     n_layers = len(keys)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(n * val_fraction))
-    val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-    if fit_idx.numel() == 0:
-        raise HeadkitError(f"too few training samples ({n}) for a held-out split")
+    n_val = int(val_idx.numel())
     fit_rows = [train[k].select(fit_idx) for k in keys]
     val_rows = [train[k].select(val_idx) for k in keys]
     fit_stats = [_stats(r, dev) for r in fit_rows]
@@ -307,9 +374,7 @@ def fit_linear(
         val_loss_rows.append(loss / n_val)
     val_acc = torch.stack(val_acc_rows)  # (L, P)
     val_loss = torch.stack(val_loss_rows)
-    # best held-out accuracy; among settings within one sample of it, the lowest held-out loss
-    near = val_acc >= val_acc.max(1, keepdim=True).values - 1.0 / n_val - 1e-9
-    best = torch.where(near, val_loss, torch.full_like(val_loss, math.inf)).argmin(1).cpu()
+    best = _choose(val_acc, val_loss, n_val)
     if refit:
         full_stats = [_stats(train[k], dev) for k in keys]
         chosen = _train(
@@ -332,6 +397,145 @@ def fit_linear(
         for i, k in enumerate(keys):
             pred = _predict(test[k], params[i], fit_stats[i], dev)[0]
             preds.append(pred[:, int(best[i])])
+    return best, val_acc, preds, grid
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The settings of the linear probes (see `linear_probe` for each): one object that
+    `linear_probe`, `layer_sweep`'s ``probe_kwargs`` and the few-label rules pass down."""
+
+    lrs: Sequence[float] = (1e-3, 1e-2, 1e-1)
+    weight_decays: Sequence[float] | None = None
+    epochs: int | None = None
+    batch_size: int = 256
+    val_fraction: float = 0.2
+    refit: bool = True
+    seed: int = 0
+    device: torch.device | str | None = None
+    solver: str = "lbfgs"
+    tol: float = 1e-4
+
+
+def fit_linear(
+    train: Mapping[LayerSpec, Rows],
+    train_labels: Tensor,
+    test: Mapping[LayerSpec, Rows],
+    test_labels: Tensor,
+    settings: ProbeSettings | None = None,
+    **overrides: Any,
+) -> ProbeResult:
+    """`linear_probe` on `Rows` (features in memory or on disk), with `ProbeSettings` (or
+    keyword overrides of the defaults)."""
+    st = replace(settings or ProbeSettings(), **overrides)
+    lrs, weight_decays, epochs, batch_size = st.lrs, st.weight_decays, st.epochs, st.batch_size
+    val_fraction, refit, seed, device, solver, tol = (
+        st.val_fraction,
+        st.refit,
+        st.seed,
+        st.device,
+        st.solver,
+        st.tol,
+    )
+    keys = list(train)
+    if keys != list(test):
+        raise HeadkitError(
+            f"train and test features must have the same layers, got {keys} and {list(test)}"
+        )
+    if not keys:
+        raise HeadkitError("linear_probe needs at least one layer")
+    check_layers(train, train_labels, test, test_labels)
+    for k in keys:
+        if train[k].n != train_labels.shape[0]:
+            raise HeadkitError(
+                f"train features of layer {k!r} have {train[k].n} rows but there are "
+                f"{train_labels.shape[0]} labels"
+            )
+        if test[k].n != test_labels.shape[0]:
+            raise HeadkitError(
+                f"test features of layer {k!r} have {test[k].n} rows but there are "
+                f"{test_labels.shape[0]} labels"
+            )
+        if train[k].d != test[k].d:
+            raise HeadkitError(
+                f"layer {k!r}: train features have D={train[k].d}, test features D={test[k].d}"
+            )
+        if train[k].n == 0 or test[k].n == 0:
+            raise HeadkitError(f"the features of layer {k!r} are empty")
+        check_finite_rows(train[k], k, "train")
+        check_finite_rows(test[k], k, "test")
+    if not 0 < val_fraction < 1:
+        raise HeadkitError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if solver not in SOLVERS:
+        raise HeadkitError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if weight_decays is None:
+        weight_decays = LBFGS_WEIGHT_DECAYS if solver == "lbfgs" else ADAM_WEIGHT_DECAYS
+    if not lrs or not weight_decays:
+        raise HeadkitError("lrs and weight_decays must be non-empty")
+    if any(not math.isfinite(float(w)) or float(w) < 0 for w in weight_decays):
+        raise HeadkitError(f"weight_decays must be finite and >= 0, got {list(weight_decays)}")
+    if epochs is None:
+        epochs = 100
+    if isinstance(epochs, bool) or epochs < 1 or batch_size < 1:
+        raise HeadkitError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if not tol > 0:
+        raise HeadkitError(f"tol must be > 0, got {tol}")
+    dev = torch.device(device) if device is not None else next(iter(train.values())).device
+    classes, ytr, (yte,) = encode_labels(train_labels.cpu(), test_labels.cpu())
+    c = classes.numel()
+    if c < 2:
+        raise HeadkitError(
+            f"linear_probe needs at least 2 classes in the training labels, got {classes.tolist()}"
+        )
+    n = int(ytr.shape[0])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    val_idx, fit_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if fit_idx.numel() == 0:
+        raise HeadkitError(f"too few training samples ({n}) for a held-out split")
+    chosen: list[dict[str, float]]
+    if solver == "lbfgs":
+        wd_list = [float(w) for w in weight_decays]
+        wd_l = torch.tensor(wd_list, dtype=torch.float32)
+        best, val_acc, preds = _fit_lbfgs(
+            [train[k] for k in keys],
+            [test[k] for k in keys],
+            ytr,
+            c,
+            wd_l,
+            fit_idx,
+            val_idx,
+            epochs,
+            tol,
+            refit,
+            dev,
+        )
+        n_used = n if refit else int(fit_idx.numel())
+        chosen = [
+            {
+                "weight_decay": wd_list[int(i)],
+                "C": 1.0 / (wd_list[int(i)] * n_used) if wd_list[int(i)] > 0 else math.inf,
+            }
+            for i in best
+        ]
+    else:
+        best, val_acc, preds, grid = _fit_adam(
+            train,
+            keys,
+            test,
+            ytr,
+            c,
+            lrs,
+            weight_decays,
+            fit_idx,
+            val_idx,
+            epochs,
+            batch_size,
+            refit,
+            seed,
+            dev,
+        )
+        chosen = [{"lr": grid[int(i)][0], "weight_decay": grid[int(i)][1]} for i in best]
     yte_dev = yte.to(dev)
     result = ProbeResult()
     result.settings, result.val_accuracy, result.predictions, result.correct = {}, {}, {}, {}
@@ -340,7 +544,7 @@ def fit_linear(
         result[k] = float(ok.double().mean())
         result.correct[k] = ok
         result.predictions[k] = classes[preds[i].cpu()]
-        result.settings[k] = {"lr": grid[int(best[i])][0], "weight_decay": grid[int(best[i])][1]}
+        result.settings[k] = chosen[i]
         result.val_accuracy[k] = float(val_acc[i, int(best[i])])
     return result
 
@@ -362,40 +566,56 @@ def linear_probe(
     test_labels: Tensor,
     *,
     lrs: Sequence[float] = (1e-3, 1e-2, 1e-1),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
-    epochs: int = 100,
+    weight_decays: Sequence[float] | None = None,
+    epochs: int | None = None,
     batch_size: int = 256,
     val_fraction: float = 0.2,
     refit: bool = True,
     seed: int = 0,
     device: torch.device | str | None = None,
+    solver: str = "lbfgs",
+    tol: float = 1e-4,
 ) -> ProbeResult:
-    """Linear-probe top-1 accuracy of every layer, all layers and settings trained at once.
+    """Linear-probe top-1 accuracy of every layer, each with its L2 penalty chosen on held-out data.
 
-    Softmax-regression probes for every layer and every ``(lr, weight_decay)`` pair train
-    together: layers of the same width share one batched matrix multiply per step (no layer is
-    padded to the widest), and one Adam update (per-probe learning rates, cosine schedule)
-    serves all parameters. Features are standardised per layer with training statistics and
-    read one mini-batch at a time, so memory is a batch plus the probe weights: features
-    memory-mapped from a ``store`` folder stay on disk. The best setting per layer is chosen on
-    a held-out ``val_fraction`` of the training features (best accuracy; near-ties go to the
-    lowest held-out loss), then, with ``refit``, retrained on all training features and scored
-    on the test features.
+    A softmax-regression probe per layer (features standardised with the layer's training mean
+    and standard deviation). The default solver (``"lbfgs"``) minimises the mean cross-entropy
+    plus ``wd / 2 * ||W||^2`` (biases not penalised; scikit-learn's ``LogisticRegression`` with
+    ``C = 1 / (wd * n)``) with full-batch L-BFGS, preconditioned by the inverse Hessian at the
+    start (from the eigendecomposition of the features' ``D x D`` second moments); every penalty
+    of a layer is solved at once, in one matrix multiply per pass, and each stops on its own at
+    scikit-learn's criterion (``max |gradient| <= tol``). Layers are solved one after another:
+    memory is one layer's training features (kept standardised up to 128 MiB; larger layers,
+    and features memory-mapped from a ``store`` folder beyond that, are read block by block at
+    every pass) plus the probes. The best penalty per layer is the one with the lowest
+    cross-entropy on a held-out ``val_fraction`` of the training features; with ``refit`` it is
+    solved again on all training features (warm-started) and scored on the test features.
+    ``solver="adam"`` trains mini-batch probes for every ``(lr, weight_decay)`` pair instead (all
+    layers and settings at once, cosine schedule; the best held-out accuracy wins, near-ties
+    going to the lowest held-out loss).
 
     Args:
         train_feats: ``{layer: (N, D)}`` (or one ``(N, D)`` tensor, keyed ``"features"``).
         train_labels: ``(N,)`` integer labels.
         test_feats: ``{layer: (M, D)}`` with the same layers.
         test_labels: ``(M,)`` integer labels (classes absent from training count as wrong).
-        lrs: learning rates to try.
-        weight_decays: L2 penalties (``wd / 2 * ||W||^2``) to try.
-        epochs: passes over the training features.
-        batch_size: mini-batch size.
+        lrs: learning rates to try (``solver="adam"`` only).
+        weight_decays: L2 penalties (``wd / 2 * ||W||^2`` on the mean loss) to try. Default:
+            ``(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)`` for ``"lbfgs"``,
+            ``(0, 1e-4, 1e-3, 1e-2)`` for ``"adam"``.
+        epochs: ``"lbfgs"``: the most iterations (each one pass over the training features,
+            plus one per line-search backtrack; default 100, scikit-learn's ``max_iter``);
+            ``"adam"``: passes over the training features (default 100).
+        batch_size: mini-batch size (``"adam"`` only).
         val_fraction: share of the training features held out to choose the setting.
-        refit: retrain the chosen setting on all training features (all layers at once) before
-            testing; False scores the chosen probe as trained on the fit split (about 2x faster).
-        seed: seed of the split and the shuffling.
+        refit: fit the chosen setting again on all training features before testing; False
+            scores the chosen probe as fitted on the fit split.
+        seed: seed of the split (and of the shuffling for ``"adam"``).
         device: where to train (default: the device of the training features).
+        solver: ``"lbfgs"`` (full batch, default) or ``"adam"`` (mini-batch).
+        tol: ``"lbfgs"``: a probe stops once its largest gradient entry is at most ``tol``
+            (scikit-learn's default, 1e-4, for the refit; the grid before selection stops at
+            ``10 * tol``, enough to rank the penalties).
 
     Returns:
         `ProbeResult`: ``{layer: accuracy in [0, 1]}`` with ``.settings``, ``.val_accuracy``,
@@ -403,16 +623,16 @@ def linear_probe(
 
     Raises:
         HeadkitError: mismatched counts, empty or non-finite features, one class only, layers
-            that differ between train and test.
+            that differ between train and test, an unknown solver, negative penalties.
 
     Example:
         >>> import torch
         >>> from headkit.probe import linear_probe
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(400, 5, generator=g); y = (x[:, 0] > 0).long()
-        >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:], epochs=50)
-        >>> acc["a"] > 0.9
-        True
+        >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:])
+        >>> acc["a"] > 0.9, acc.settings["a"]["weight_decay"] in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+        (True, True)
     """
     tr = _as_dict(train_feats, "train_feats")
     te = _as_dict(test_feats, "test_feats")
@@ -428,12 +648,7 @@ def linear_probe(
         train_labels,
         {k: Rows.of(v) for k, v in te.items()},
         test_labels,
-        lrs=lrs,
-        weight_decays=weight_decays,
-        epochs=epochs,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        refit=refit,
-        seed=seed,
-        device=device,
+        ProbeSettings(
+            lrs, weight_decays, epochs, batch_size, val_fraction, refit, seed, device, solver, tol
+        ),
     )

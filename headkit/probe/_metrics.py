@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._errors import HeadkitError, fmt_shape
+from ._checks import check_layer, constant, degenerate, knn_k_for, nonfinite, too_few
 from ._rows import Rows
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 
 
 def check_features(feats: object, name: str) -> Tensor:
-    """An ``(N, D)`` finite tensor with N, D >= 1, or a clear error."""
+    """An ``(N, D)`` tensor with N, D >= 1, or a clear error (degenerate data: `check_layer`)."""
     if (
         not isinstance(feats, Tensor)
         or feats.dim() != 2
@@ -45,8 +46,6 @@ def check_features(feats: object, name: str) -> Tensor:
     ):
         got = fmt_shape(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
         raise HeadkitError(f"{name} needs an (N, D) tensor with N, D >= 1, got {got}")
-    if feats.is_floating_point() and not bool(torch.isfinite(feats).all()):
-        raise HeadkitError(f"{name}: the features have NaN/inf values")
     return feats
 
 
@@ -153,7 +152,7 @@ def knn_accuracy(
     test_feats: Tensor,
     test_labels: Tensor,
     *,
-    k: int = 20,
+    k: int | None = None,
     temperature: float = 0.07,
     chunk: int = 1024,
 ) -> float:
@@ -169,7 +168,7 @@ def knn_accuracy(
         train_labels: ``(N,)`` integer labels.
         test_feats: ``(M, D)`` test features.
         test_labels: ``(M,)`` integer labels.
-        k: number of neighbours (capped at N).
+        k: number of neighbours, at most N (more is refused); None: 20, or all N when fewer.
         temperature: vote temperature, > 0.
         chunk: test rows per similarity block.
 
@@ -177,7 +176,9 @@ def knn_accuracy(
         Accuracy in [0, 1].
 
     Raises:
-        HeadkitError: mismatched shapes or counts, non-finite features, k or temperature <= 0.
+        HeadkitError: mismatched shapes or counts, k or temperature <= 0, degenerate data
+            (non-finite or constant features, one class, fewer samples than classes or than
+            ``k``: the one policy of ``docs/probe.md``, "Degenerate data").
 
     Example:
         >>> import torch
@@ -194,10 +195,12 @@ def knn_accuracy(
         raise HeadkitError(
             f"train features have D={train_feats.shape[1]}, test features D={test_feats.shape[1]}"
         )
-    if k <= 0 or temperature <= 0:
+    if (k is not None and k <= 0) or temperature <= 0:
         raise HeadkitError(
             f"k and temperature must be positive, got k={k}, temperature={temperature}"
         )
+    check_layer("features", train_feats, train_labels, test_feats, test_labels, k=k)
+    k = knn_k_for(k, int(train_feats.shape[0]))
     dev = train_feats.device
     classes, ytr, (yte,) = encode_labels(train_labels.to(dev), test_labels.to(dev))
     pred = knn_predict(
@@ -352,6 +355,7 @@ def _alpha_from(ev: Tensor, fit_range: tuple[int, int] | None = None) -> float:
 
 def _spectra(feats: Tensor, name: str) -> tuple[Tensor, Tensor]:
     x = check_features(feats, name)
+    check_layer("features", x.float() if not x.is_floating_point() else x)
     return moments(Rows.of(x.float() if not x.is_floating_point() else x)).eigenvalues()
 
 
@@ -525,6 +529,7 @@ class LidarStats:
         self.s_mu: Tensor | None = None
         self.ss_mu: Tensor | None = None
         self.ss_w: Tensor | None = None
+        self.bad = 0  # samples with a NaN/inf view (not kept by `merge`: the sums show them)
 
     def update(self, z: Tensor) -> None:
         """Add ``(B, Q, D)`` features of ``Q`` views of ``B`` samples."""
@@ -532,6 +537,7 @@ class LidarStats:
             raise HeadkitError(
                 f"LiDAR needs (B, Q, D) features of Q >= 2 views per sample, got {fmt_shape(z.shape)}"
             )
+        self.bad += int((~torch.isfinite(z)).flatten(1).any(1).sum())
         z = z.double()
         mu = z.mean(1)
         dev = z.shape[-1]
@@ -552,10 +558,17 @@ class LidarStats:
         assert self.s_mu is not None and self.ss_mu is not None and self.ss_w is not None
         return [self.s_mu, self.ss_mu, self.ss_w]
 
-    def value(self, delta: float = 1e-4, eps: float = 1e-7) -> float:
-        """LiDAR of the accumulated views."""
+    def value(self, delta: float = 1e-4, eps: float = 1e-7, layer: object = "features") -> float:
+        """LiDAR of the accumulated views (degenerate views of ``layer`` refused, `check_layer`)."""
         if self.s_mu is None or self.ss_mu is None or self.ss_w is None or self.n < 2:
-            raise HeadkitError("LiDAR needs the views of at least 2 samples")
+            raise degenerate(layer, too_few(self.n))
+        if self.bad or not all(bool(torch.isfinite(t).all()) for t in self.tensors()):
+            raise degenerate(
+                layer,
+                nonfinite(self.bad, self.n)
+                if self.bad
+                else f"the views of {self.n} samples have NaN/inf features",
+            )
         mean = self.s_mu / self.n
         sigma_b = self.ss_mu / self.n - torch.outer(mean, mean)
         d = sigma_b.shape[0]
@@ -566,10 +579,23 @@ class LidarStats:
         inv_sqrt = (vw * ew.clamp_min(1e-300).rsqrt()) @ vw.T
         lam = torch.linalg.eigvalsh(inv_sqrt @ ((sigma_b + sigma_b.T) / 2) @ inv_sqrt).clamp_min(0)
         total = lam.sum()
-        if not bool(total > 0):
-            return 1.0
+        if not bool(total > 0):  # every sample's views are every other sample's
+            raise degenerate(layer, constant(self.n, d))
         p = lam / total + eps
         return float(torch.exp(-(p * p.log()).sum()))
+
+
+def check_views(layer: object, z: Tensor) -> None:
+    """The one policy of degenerate data (`check_layer`) for ``(N, Q, D)`` views: a sample is
+    all of its views; constant = every sample's views equal the first sample's."""
+    n, d = int(z.shape[0]), int(z.shape[-1])
+    bad = int((~torch.isfinite(z)).flatten(1).any(1).sum()) if z.numel() else 0
+    if bad:
+        raise degenerate(layer, nonfinite(bad, n))
+    if n < 2:
+        raise degenerate(layer, too_few(n))
+    if z.numel() and bool((z == z[:1]).all()):
+        raise degenerate(layer, constant(n, d))
 
 
 def lidar(views: Tensor | Sequence[Tensor], *, delta: float = 1e-4, eps: float = 1e-7) -> float:
@@ -613,8 +639,7 @@ def lidar(views: Tensor | Sequence[Tensor], *, delta: float = 1e-4, eps: float =
         z = torch.stack(list(views), 1)
     if z.dim() != 3:
         raise HeadkitError(f"lidar needs (N, Q, D) features, got {fmt_shape(z.shape)}")
-    if not bool(torch.isfinite(z).all()):
-        raise HeadkitError("lidar: the features have NaN/inf values")
+    check_views("features", z)
     stats = LidarStats()
     stats.update(z)
     return stats.value(delta, eps)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._errors import HeadkitError, fmt_shape
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
 
 __all__ = ["OnlineLayerProbe"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
 from ._registry import ALIASES, METRICS
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def _finish(fig: Any, title: str | None, report: SweepReport | None) -> None:
         fig.text(
             0.01,
             0.01,
-            "bars: 95% paired-bootstrap intervals; star: best; filled: tied with the best",
+            "bars: 95% Wilson intervals; star: best; filled: tied with the best",
             fontsize=6,
             alpha=0.7,
         )
@@ -189,7 +189,7 @@ def plot_reports(
 
     One panel per metric; layers with the same name share an x position (the longest report's
     order first). Accuracies are drawn as percentages, as the table prints them; bars are the
-    paired-bootstrap intervals, a star marks each report's best layer and filled dots the layers
+    Wilson intervals, a star marks each report's best layer and filled dots the layers
     tied with it. Needs matplotlib (``pip install "headkit[plot]"``); no pyplot state is used.
 
     Args:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._errors import HeadkitError
-from .._model import LayerSpec
+from .._layers.model import LayerSpec
 from ._registry import ALIASES, METRICS, Metric
+from ._stats import round_out
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,7 +61,8 @@ class SweepReport:
         spectra: normalised spectra per layer (top 64 values), for plots.
         info: facts about the run (``n_train``, ``n_test``, ``split``, ``pool``, ``device``,
             ``seed``, ``n_boot``, ``time_s``, ...).
-        bounds: ``{metric: [[lo, hi] per layer]}``: paired-bootstrap 95% intervals.
+        bounds: ``{metric: [[lo, hi] per layer]}``: 95% intervals of each accuracy (Wilson
+            score: never of width 0, also at 0% and 100%).
         ties: ``{metric: [layers]}``: the best layer and every layer whose paired bootstrap
             difference from it is not significant at 5%.
 
@@ -128,7 +131,7 @@ class SweepReport:
         return self.layers[max(vals, key=lambda t: (_key(key, t[0]), -t[1]))[1]]
 
     def intervals(self, metric: str = "linear") -> dict[LayerSpec, tuple[float, float]]:
-        """``{layer: (lo, hi)}``: the 95% paired-bootstrap interval of a labelled metric.
+        """``{layer: (lo, hi)}``: the 95% (Wilson score) interval of a labelled metric.
 
         Raises:
             HeadkitError: the metric has no intervals (a label-free metric, or ``n_boot=0``).
@@ -143,8 +146,8 @@ class SweepReport:
         bounds = self.bounds.get(key)
         if not bounds:
             raise HeadkitError(
-                f"metric {metric!r} has no intervals in this report (intervals come from a "
-                "bootstrap over the test samples of a labelled metric; n_boot=0 turns them off)"
+                f"metric {metric!r} has no intervals in this report (a labelled metric has them "
+                "unless n_boot=0)"
             )
         return {
             layer: (float(b[0]), float(b[1]))
@@ -183,14 +186,19 @@ class SweepReport:
         b = self.bounds.get(metric)
         if v is not None and b and b[i] is not None:
             lo, hi = b[i]  # type: ignore[misc]
+            scale = 100 if m.percent else 1
+            dec = re.fullmatch(r"\.(\d+)f", m.fmt)
+            if dec is not None:  # rounded outward: 98.16-100 prints 98.1-100.0, never narrower
+                lo, hi = (x / scale for x in round_out(lo * scale, hi * scale, int(dec[1])))
             text += f" ({m.format(lo)}-{m.format(hi)})"
         return text
 
     def table(self, fmt: str = "text") -> str:
         """The report as a printable table (``fmt``: ``"text"`` or ``"markdown"``).
 
-        Accuracies print as percentages with their 95% interval, ``98.1 (97.2-98.9)``; ``*``
-        marks the best layer of a column and ``=`` the layers tied with it.
+        Accuracies print as percentages with their 95% interval, ``98.1 (97.2-98.9)``, rounded
+        outward (the printed interval contains the exact one); ``*`` marks the best layer of a
+        column and ``=`` the layers tied with it.
 
         Example:
             >>> from headkit.probe import SweepReport

@@ -13,7 +13,7 @@ import mmap
 import os
 import weakref
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -236,18 +236,37 @@ class Rows:
 
 
 class FileWriter:
-    """Appends float32 rows to a file, then opens it memory-mapped."""
+    """The one writer of feature files: float32 rows, read back memory-mapped (`Rows`).
 
-    def __init__(self, path: str) -> None:
+    Two ways to fill a file: ``FileWriter(path)`` appends rows as they come (`write`);
+    ``FileWriter(path, n=n, d=d)`` preallocates ``(n, d)`` and places rows at given positions
+    (`write_at`, the distributed gather), through a shared mapping that is flushed and dropped
+    from memory every 32 MiB.
+    """
+
+    def __init__(self, path: str, n: int | None = None, d: int | None = None) -> None:
         self.path = path
-        self.n = 0
-        self.d: int | None = None
-        self._fh: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        self.n = 0 if n is None else n
+        self.d: int | None = d
+        self._fh: BinaryIO | None = None
+        self._mm: Any = None
+        self._t: Tensor | None = None
+        self._touched = 0
+        if n is None:
+            self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish()
+            return
+        size = n * (d or 0) * 4
+        with open(path, "wb") as fh:
+            fh.truncate(size)
+        if size:
+            with open(path, "r+b") as fh:
+                self._mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_WRITE)
+            self._t = torch.frombuffer(self._mm, dtype=torch.float32).view(n, d or 0)
 
     def write(self, rows: Tensor) -> None:
         """Append ``rows`` ``(b, d)`` (any device and float dtype; written as float32)."""
         if self._fh is None:
-            raise HeadkitError(f"{self.path!r} is already closed")
+            raise HeadkitError(f"{self.path!r} is closed or preallocated (use write_at)")
         rows = rows.detach().to("cpu", torch.float32).contiguous()
         if self.d is None:
             self.d = int(rows.shape[1])
@@ -261,11 +280,32 @@ class FileWriter:
             self._fh.write(buf)
         self.n += int(rows.shape[0])
 
+    def write_at(self, pos: Tensor, rows: Tensor) -> None:
+        """Place ``rows`` ``(b, d)`` at rows ``pos`` ``(b,)`` of a preallocated file."""
+        if self._t is None or pos.numel() == 0:
+            return
+        self._t.index_copy_(0, pos, rows)
+        self._touched += rows.numel() * 4
+        if self._touched >= 32 << 20:
+            self._drop()
+
+    def _drop(self) -> None:
+        self._touched = 0
+        if self._mm is not None:
+            self._mm.flush()
+            if hasattr(mmap, "MADV_DONTNEED"):
+                self._mm.madvise(mmap.MADV_DONTNEED)
+
     def finish(self) -> tuple[str, int, int]:
         """Close the file; returns ``(path, n, d)``."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._mm is not None:
+            self._drop()
+            self._t = None
+            self._mm.close()
+            self._mm = None
         return self.path, self.n, self.d or 0
 
     def abort(self) -> None:

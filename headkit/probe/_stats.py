@@ -1,15 +1,48 @@
-"""Paired bootstrap over test samples: intervals per layer and ties with the best layer."""
+"""Intervals of an accuracy (Wilson score) and the paired bootstrap over test samples (ties).
+
+A single accuracy's interval is the Wilson score interval of a binomial proportion: it never
+claims certainty from finite data (200 right out of 200 gives a lower bound of 98.1%, not
+100%), where a percentile bootstrap collapses to a point at 0% and 100%. Differences between
+layers stay paired: the ties come from the paired bootstrap, the same resamples for every layer.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 from torch import Tensor
 
 from .._errors import HeadkitError
 
-__all__ = ["Bootstrap", "paired_bootstrap", "tied_with"]
+__all__ = ["Bootstrap", "paired_bootstrap", "tied_with", "wilson"]
+
+
+def wilson(accuracy: Tensor, n: int, level: float = 0.95) -> Tensor:
+    """``(L, 2)`` Wilson score intervals of accuracies ``(L,)`` measured on ``n`` samples each.
+
+    ``(p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``z`` the normal
+    quantile of ``(1 + level) / 2``: inside (0, 1), of width > 0 at p = 0 and p = 1 (Wilson,
+    JASA 1927; Brown, Cai and DasGupta, Statist. Sci. 2001, recommend it for every n).
+    """
+    if isinstance(n, bool) or n < 1:
+        raise HeadkitError(f"an accuracy's interval needs n >= 1 samples, got {n}")
+    if not 0 < level < 1:
+        raise HeadkitError(f"level must be in (0, 1), got {level}")
+    p = accuracy.detach().to("cpu", torch.float64).clamp(0, 1)
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * torch.sqrt(p * (1 - p) / n + z2n / (4 * n))
+    return torch.stack([(centre - half).clamp_min(0), (centre + half).clamp_max(1)], 1)
+
+
+def round_out(lo: float, hi: float, decimals: int) -> tuple[float, float]:
+    """``(lo, hi)`` rounded outward to ``decimals``: a printed interval never looks narrower."""
+    s = 10**decimals
+    return math.floor(lo * s + 1e-9) / s, math.ceil(hi * s - 1e-9) / s
 
 
 @dataclass
@@ -20,13 +53,22 @@ class Bootstrap:
         point: ``(L,)`` accuracies on the full test set.
         samples: ``(B, L)`` accuracies on B resamples of the test set, the same resample for
             every layer in a row (paired).
+        n: test samples behind each accuracy.
     """
 
     point: Tensor
     samples: Tensor
+    n: int = 0
 
     def intervals(self, level: float = 0.95) -> Tensor:
-        """``(L, 2)`` percentile intervals, widened if needed to contain the point estimate."""
+        """``(L, 2)`` `wilson` intervals of each layer's accuracy (never of width 0)."""
+        return wilson(self.point, self.n, level)
+
+    def percentile_intervals(self, level: float = 0.95) -> Tensor:
+        """``(L, 2)`` percentile intervals, widened if needed to contain the point estimate.
+
+        Of width 0 when every test sample is right (or wrong): `intervals` is what reports use.
+        """
         a = (1 - level) / 2
         q = torch.quantile(
             self.samples, torch.tensor([a, 1 - a], dtype=self.samples.dtype), dim=0
@@ -68,7 +110,8 @@ def paired_bootstrap(correct: Tensor, n_boot: int, seed: int = 0) -> Bootstrap:
         seed: seed of the resampling.
 
     Returns:
-        `Bootstrap` with ``point`` ``(L,)`` and ``samples`` ``(n_boot, L)`` (float64, CPU).
+        `Bootstrap` with ``point`` ``(L,)``, ``samples`` ``(n_boot, L)`` (float64, CPU) and
+        ``n`` = M.
     """
     if correct.dim() != 2 or correct.shape[1] == 0:
         raise HeadkitError(f"correctness must be (L, M) with M >= 1, got {tuple(correct.shape)}")
@@ -86,4 +129,4 @@ def paired_bootstrap(correct: Tensor, n_boot: int, seed: int = 0) -> Bootstrap:
         idx += torch.arange(b).view(-1, 1) * m
         counts = torch.bincount(idx.view(-1), minlength=b * m).view(b, m).double()
         out.append(counts @ ct / m)
-    return Bootstrap(c.mean(1), torch.cat(out))
+    return Bootstrap(c.mean(1), torch.cat(out), m)

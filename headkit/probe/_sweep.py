@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._dist import dist_state
 from .._errors import HeadkitError
-from .._model import LayerSpec
-from .._pool import Pool
-from ._dist import dist_state
-from ._extract import Extracted, extract
-from ._linear import fit_linear, linear_probe
+from .._layers.model import LayerSpec
+from .._layers.pool import Pool
+from ._checks import check_layers, knn_k_for
+from ._extract import Extracted, ExtractOptions, extract
+from ._linear import ProbeSettings, fit_linear
 from ._metrics import encode_labels, knn_predict, moments
 from ._registry import ALIASES, METRICS, SPECTRAL, get_metric, spectrum_values
 from ._report import SweepReport
@@ -28,23 +29,19 @@ from ._views import merge, view_stats
 __all__ = ["DEFAULT_METRICS", "layer_sweep"]
 
 DEFAULT_METRICS = ("linear", "knn", "rankme", "unevenness")
-_PROBE_ARGS = {
-    name
-    for name, p in inspect.signature(linear_probe).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY
-}
+_PROBE_ARGS = {f.name for f in fields(ProbeSettings)}
 
 
 def _probe_kwargs(
     probe_kwargs: Mapping[str, Any] | None, seed: int, device: torch.device
-) -> dict[str, Any]:
+) -> ProbeSettings:
     kw = dict(probe_kwargs or {})
     unknown = sorted(set(kw) - _PROBE_ARGS)
     if unknown:
         raise HeadkitError(
             f"probe_kwargs has unknown arguments {unknown}; linear_probe takes {sorted(_PROBE_ARGS)}"
         )
-    return {"seed": seed, "device": device, **kw}
+    return ProbeSettings(**{"seed": seed, "device": device, **kw})
 
 
 def _known(name: object) -> bool:
@@ -62,14 +59,14 @@ def layer_sweep(
     layers: Sequence[LayerSpec] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
-    pool: Pool = "avg",
+    pool: Pool = "auto",
     device: torch.device | str | None = None,
     max_samples: int | None = None,
     store: str | os.PathLike[str] | None = None,
     n_boot: int = 1000,
     roles: Mapping[LayerSpec, str] | None = None,
     probe_kwargs: Mapping[str, Any] | None = None,
-    knn_k: int = 20,
+    knn_k: int | None = None,
     seed: int = 0,
     progress: bool = True,
     amp: bool | torch.dtype = False,
@@ -81,9 +78,9 @@ def layer_sweep(
 
     Extracts the features of all ``layers`` in one pass per loader (`extract_features`), then
     computes per layer the metrics of the registry (`METRICS`): ``linear`` (`linear_probe`) and
-    ``knn`` (`knn_accuracy`) need labels and get a 95% interval from a bootstrap over the test
-    samples, paired across layers (the same resamples for every layer), and the set of layers
-    tied with the best; the label-free ``rankme``, ``unevenness`` (alias ``spectrum``),
+    ``knn`` (`knn_accuracy`) need labels and get a 95% interval (Wilson score: never of width 0,
+    also at 0% and 100%) and the set of layers tied with the best, from a bootstrap over the
+    test samples paired across layers (the same resamples for every layer); the label-free ``rankme``, ``unevenness`` (alias ``spectrum``),
     ``alpha_req`` and ``nesum`` are computed on every sample of ``train_loader``; ``lidar`` on the
     augmented views of ``views``. Without a ``test_loader`` a seeded ``test_fraction`` of the
     training samples is held out for the labelled metrics. Layers may include taps inside a
@@ -110,7 +107,8 @@ def layer_sweep(
         n_boot: bootstrap resamples for the intervals and ties (0 turns them off).
         roles: labels per layer shown in the table, e.g. ``{"head": "post-projection"}``.
         probe_kwargs: arguments of `linear_probe` (``epochs``, ``lrs``, ``seed``, ...).
-        knn_k: neighbours of the kNN metric.
+        knn_k: neighbours of the kNN metric (more than the training samples is refused); None:
+            20, or every training sample when there are fewer (``info["knn"]["k"]`` says).
         seed: seed of the held-out split, the probes (unless ``probe_kwargs`` sets one) and the
             bootstrap.
         progress: progress bars (rank 0 only).
@@ -126,7 +124,9 @@ def layer_sweep(
 
     Raises:
         HeadkitError: unknown metric, labelled metrics without labels, ``lidar`` without views,
-            unknown ``probe_kwargs``, empty loader.
+            unknown ``probe_kwargs``, empty loader, degenerate data of any layer (non-finite or
+            constant features, one class, fewer samples than classes or than ``knn_k``: the one
+            policy of ``docs/probe.md``, "Degenerate data"), before any metric is computed.
 
     Example:
         >>> import torch
@@ -153,7 +153,7 @@ def layer_sweep(
         raise HeadkitError(f"n_boot must be an int >= 0 (0: no intervals), got {n_boot!r}")
     if not 0 < test_fraction < 1:
         raise HeadkitError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if knn_k < 1:
+    if knn_k is not None and knn_k < 1:
         raise HeadkitError(f"knn_k must be >= 1, got {knn_k}")
     labelled = [m for m in names if get_metric(m).needs_labels]
     if "lidar" in names and views is None:
@@ -163,24 +163,17 @@ def layer_sweep(
         )
     d = dist_state(distributed)
     folder = None if store is None else os.fspath(store)
-    common: dict[str, Any] = {
-        "pool": pool,
-        "device": device,
-        "max_samples": max_samples,
-        "progress": progress,
-        "amp": amp,
-        "distributed": distributed,
-        "where": "layer_sweep",
-    }
+    common = ExtractOptions(pool, device, max_samples, None, progress, amp, distributed)
     tr = extract(
         model,
         train_loader,
         layers,
-        store=None if folder is None else os.path.join(folder, "train"),
+        replace(common, store=None if folder is None else os.path.join(folder, "train")),
         desc="extract train",
-        **common,
+        where="layer_sweep",
     )
     keys = list(tr.rows)
+    check_layers(tr.rows)  # the one policy of degenerate data (docs/probe.md), every metric
     dev = torch.device(tr.info["device"])  # where the model ran: the probes run there too
     info: dict[str, Any] = {
         "n_unlabelled": tr.n,
@@ -215,18 +208,8 @@ def layer_sweep(
                 spectra.append(spectrum_values(unc, cen))
     if "lidar" in names:
         assert views is not None
-        vs = view_stats(
-            model,
-            views,
-            keys,
-            pool=pool,
-            device=device,
-            amp=amp,
-            max_samples=max_samples,
-            d=d,
-            progress=progress,
-        )
-        out["lidar"] = [merge(vs[k]).value() for k in keys]
+        vs = view_stats(model, views, keys, common, d=d)
+        out["lidar"] = [merge(vs[k]).value(layer=k) for k in keys]
         info["n_views_samples"] = next(iter(vs.values()))[0].n
     info["n_boot"] = n_boot if labelled else 0
     info["time_s"] = round(time.perf_counter() - t0, 2)
@@ -252,12 +235,12 @@ def _labelled(
     keys: list[LayerSpec],
     labelled: list[str],
     folder: str | None,
-    common: dict[str, Any],
+    common: ExtractOptions,
     dev: torch.device,
     seed: int,
     test_fraction: float,
     probe_kwargs: Mapping[str, Any] | None,
-    knn_k: int,
+    knn_k: int | None,
     n_boot: int,
     out: dict[str, list[float | None]],
     bounds: dict[str, list[list[float] | None]],
@@ -277,9 +260,9 @@ def _labelled(
             model,
             test_loader,
             keys,
-            store=None if folder is None else os.path.join(folder, "test"),
+            replace(common, store=None if folder is None else os.path.join(folder, "test")),
             desc="extract test",
-            **common,
+            where="layer_sweep",
         )
         if te.labels is None:
             raise HeadkitError(
@@ -301,19 +284,26 @@ def _labelled(
         test_rows = {k: r.select(te_idx) for k, r in tr.rows.items()}
         ytr, yte = tr.labels[tr_idx], tr.labels[te_idx]
         info["split"] = f"held out {n_te} of the train loader's {n} samples (seed {seed})"
+    check_layers(train_rows, ytr, test_rows, yte, k=knn_k if "knn" in labelled else None)
     info["n_train"] = int(ytr.shape[0])
     info["n_test"] = int(yte.shape[0])
     correct: dict[str, Tensor] = {}
     if "linear" in labelled:
-        res = fit_linear(train_rows, ytr, test_rows, yte, **kw)
+        res = fit_linear(train_rows, ytr, test_rows, yte, kw)
         out["linear"] = [res[k] for k in keys]
         correct["linear"] = torch.stack([res.correct[k] for k in keys])
         info["linear"] = {
-            "seed": kw["seed"],
+            "seed": kw.seed,
+            "solver": kw.solver,
             "settings": {str(k): v for k, v in res.settings.items()},
-            **{a: kw[a] for a in ("epochs", "batch_size", "lrs", "weight_decays") if a in kw},
+            **{
+                a: getattr(kw, a)
+                for a in ("epochs", "batch_size", "lrs", "weight_decays")
+                if a in (probe_kwargs or {})
+            },
         }
     if "knn" in labelled:
+        knn_k = knn_k_for(knn_k, int(ytr.shape[0]))
         classes, ytr_c, (yte_c,) = encode_labels(ytr, yte)
         rows = []
         for k in keys:
@@ -332,3 +322,4 @@ def _labelled(
             ties[m] = [keys[i] for i in boot.tied(boot.point)]
     if n_boot > 0:
         info["bootstrap"] = {"n_boot": n_boot, "seed": seed, "level": 0.95, "paired": True}
+        info["intervals"] = "95% Wilson score interval of each accuracy; ties: paired bootstrap"

@@ -9,12 +9,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .._dist import Dist
 from .._errors import HeadkitError
-from .._model import LayerSpec, check_module
-from .._pool import Pool
-from .._tap import LayerTap
-from ._dist import Dist
-from ._extract import Batch, autocast, move, placed, progress_bar, split_batch
+from .._layers.model import LayerSpec, check_module
+from .._layers.tap import LayerTap
+from ._extract import Batch, ExtractOptions, autocast, move, placed, progress_bar, split_batch
 from ._metrics import LidarStats
 
 __all__ = ["split_views", "view_stats"]
@@ -49,18 +48,21 @@ def view_stats(
     model: nn.Module,
     loader: Iterable[Any],
     layers: Sequence[LayerSpec],
+    opts: ExtractOptions,
     *,
-    pool: Pool,
-    device: torch.device | str | None,
-    amp: bool | torch.dtype,
-    max_samples: int | None,
     d: Dist,
-    progress: bool,
     blocks: int = 0,
     seed: int = 0,
 ) -> dict[LayerSpec, list[LidarStats]]:
     """Per layer, LiDAR statistics of the views (one per block when ``blocks`` > 0, for a
     bootstrap over samples), summed over ranks under torch.distributed."""
+    pool, device, amp, max_samples, progress = (
+        opts.pool,
+        opts.device,
+        opts.amp,
+        opts.max_samples,
+        opts.progress,
+    )
     model = check_module(model, "views")
     runner = model.module if isinstance(model, DistributedDataParallel) else model
     tap = LayerTap(runner, layers, pool=pool, detach=True, stop_early=True)

@@ -1,10 +1,9 @@
 """The reweighting head's weights and the fused reweight + L2-normalise op.
 
-``headkit::reweight_normalize`` is registered the same way as ``headkit::contrastive_lse``
-(see `headkit._losses._lse`): an eager `torch.autograd.Function` calls the implementation
-directly, the ``torch.library`` custom ops serve ``torch.compile``, double backward uses a
-differentiable composite, and CUDA tensors use the Triton kernels of `headkit._triton` after a
-self-check.
+``headkit::reweight_normalize`` is one `headkit._kernels.op.KernelOp`, like
+``headkit::contrastive_lse``: an eager autograd function, the ``torch.library`` custom ops for
+``torch.compile``, a differentiable composite for double backward, and the Triton kernels of
+`headkit._kernels.triton` on CUDA tensors after a self-check.
 
 ``log kappa`` is given either as a tensor (a trainable head) or as a Python float (a fixed head:
 the exact float64 value, so the weights are exact in any working dtype).
@@ -18,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._errors import HeadkitError
-from ._losses import _backend
-from ._losses._backend import compute_dtype
+from .._errors import HeadkitError
+from . import backend as _backend
+from .backend import compute_dtype
+from .op import KernelKey, KernelOp, run_kernel
 
 __all__ = [
     "RWN_OP",
@@ -130,11 +130,7 @@ def reweight_normalize_log(h: Tensor, log_k: Tensor | float, eps: float = 1e-12)
     """`reweight_normalize` with ``log(kappa)`` given as a scalar tensor or an exact float."""
     lk = log_k if isinstance(log_k, Tensor) else None
     value = 0.0 if isinstance(log_k, Tensor) else float(log_k)
-    if torch.compiler.is_compiling():
-        z: Tensor = _rwn_op(h, lk, value, float(eps))[0]
-        return z
-    out: Tensor = _RwnFn.apply(h, lk, value, float(eps))
-    return out
+    return _RWN.apply(h, lk, value, float(eps))[0]
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -179,134 +175,66 @@ def _dense(h: Tensor, lk: Tensor | None, value: float, eps: float) -> Tensor:
     return z.to(h.dtype)
 
 
-def _triton_ok(h: Tensor) -> bool:
+def _key(h: Tensor) -> KernelKey:
     d = h.shape[-1]
     supported = h.dtype in (torch.float32, torch.bfloat16, torch.float16) and 0 < d <= _TRITON_MAX_D
-    return _backend.use_triton(RWN_OP, h.device, h.dtype, _backend.block_d(d), supported)
+    return KernelKey(RWN_OP, h.device, h.dtype, _backend.block_d(d), supported)
 
 
 def _lk_tensor(h: Tensor, lk: Tensor | None, value: float) -> Tensor:
     return lk if lk is not None else torch.full((1,), value, device=h.device, dtype=torch.float32)
 
 
-def _fail(h: Tensor, err: Exception) -> None:
-    if _backend.triton_mode() == "1":
-        raise err
-    _backend.mark_failed(
-        RWN_OP,
-        h.device,
-        h.dtype,
-        _backend.block_d(h.shape[-1]),
-        f"raised {type(err).__name__}: {err}",
-    )
+def _forward(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+    h2 = h.reshape(-1, h.shape[-1])
 
+    def triton() -> tuple[Tensor, Tensor]:
+        from . import triton as _triton
 
-def _forward(h2: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
-    if _triton_ok(h2):
-        from . import _triton
+        return _triton.rwn_forward(h2, _lk_tensor(h2, lk, value), eps)
 
-        try:
-            return _triton.rwn_forward(h2, _lk_tensor(h2, lk, value), eps)
-        except Exception as err:
-            _fail(h2, err)
-    return _fwd_torch(h2, lk, value, eps)
-
-
-def _backward(
-    dz: Tensor, h2: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
-) -> tuple[Tensor, Tensor]:
-    if _triton_ok(h2):
-        from . import _triton
-
-        try:
-            return _triton.rwn_backward(dz, h2, r, _lk_tensor(h2, lk, value), eps)
-        except Exception as err:
-            _fail(h2, err)
-    return _bwd_torch(dz, h2, r, lk, value, eps)
-
-
-class _RwnFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, lk: Tensor | None, value: float, eps: float) -> Tensor:
-        h2 = h.reshape(-1, h.shape[-1])
-        z, r = _forward(h2, lk, value, eps)
-        ctx.save_for_backward(h, r, lk)
-        ctx.value, ctx.eps = value, eps
-        return z.reshape(h.shape)
-
-    @staticmethod
-    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        h, r, lk = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-            wrt = [x for x in (h, lk) if x is not None and x.requires_grad]
-            if not wrt:
-                return None, None, None, None
-            grads = iter(
-                torch.autograd.grad(
-                    _dense(h, lk, ctx.value, ctx.eps), wrt, dz, create_graph=True, allow_unused=True
-                )
-            )
-            gh = next(grads) if h.requires_grad else None
-            gk = next(grads) if lk is not None and lk.requires_grad else None
-            return gh, gk, None, None
-        d = h.shape[-1]
-        dh, dlk = _backward(dz.reshape(-1, d), h.reshape(-1, d), r, lk, ctx.value, ctx.eps)
-        gk = (
-            dlk.sum().to(lk.dtype).reshape(lk.shape)
-            if lk is not None and ctx.needs_input_grad[1]
-            else None
-        )
-        return dh.reshape(h.shape), gk, None, None
-
-
-# ----------------------------------------------------------------------------- torch.compile route
-
-
-@torch.library.custom_op("headkit::reweight_normalize", mutates_args=())
-def _rwn_op(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
-    z, r = _forward(h.reshape(-1, h.shape[-1]), lk, value, eps)
+    z, r = run_kernel(_key(h2), triton, lambda: _fwd_torch(h2, lk, value, eps))
     return z.reshape(h.shape), r
 
 
-@_rwn_op.register_fake
-def _(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+def _backward(
+    grads: tuple[Tensor, ...], inputs: tuple[Any, ...], saved: tuple[Tensor, ...], _: bool
+) -> tuple[Tensor, Tensor]:
+    h, lk, value, eps = inputs
+    d = h.shape[-1]
+    dz2, h2, r = grads[0].reshape(-1, d), h.reshape(-1, d), saved[0]
+
+    def triton() -> tuple[Tensor, Tensor]:
+        from . import triton as _triton
+
+        return _triton.rwn_backward(dz2, h2, r, _lk_tensor(h2, lk, value), eps)
+
+    dh, dlk = run_kernel(_key(h2), triton, lambda: _bwd_torch(dz2, h2, r, lk, value, eps))
+    gk = dlk.sum().to(lk.dtype).reshape(lk.shape) if lk is not None else dlk.new_empty(0)
+    return dh.reshape(h.shape), gk
+
+
+def _fake(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
     rows = math.prod(h.shape[:-1])
     return torch.empty_like(h), h.new_empty(rows, dtype=compute_dtype(h.dtype))
 
 
-@torch.library.custom_op("headkit::reweight_normalize_backward", mutates_args=())
-def _rwn_bwd_op(
-    dz: Tensor, h: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
-) -> tuple[Tensor, Tensor]:
-    d = h.shape[-1]
-    dh, dlk = _backward(dz.reshape(-1, d), h.reshape(-1, d), r, lk, value, eps)
-    return dh.reshape(h.shape), dlk
+def _dense_op(h: Tensor, lk: Tensor | None, value: float, eps: float) -> tuple[Tensor, Tensor]:
+    return _dense(h, lk, value, eps), h.new_empty(0)
 
 
-@_rwn_bwd_op.register_fake
-def _(
-    dz: Tensor, h: Tensor, r: Tensor, lk: Tensor | None, value: float, eps: float
-) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(h), r.new_empty(r.shape, dtype=torch.float32)
-
-
-def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    h, lk, value, eps = inputs
-    ctx.save_for_backward(h, output[1], lk)
-    ctx.value, ctx.eps = value, eps
-    ctx.mark_non_differentiable(output[1])
-
-
-def _op_backward(
-    ctx: Any, dz: Tensor, dr: Tensor
-) -> tuple[Tensor | None, Tensor | None, None, None]:
-    h, r, lk = ctx.saved_tensors
-    dh, dlk = _rwn_bwd_op(dz, h, r, lk, ctx.value, ctx.eps)
-    gk = dlk.sum().to(lk.dtype).reshape(lk.shape) if lk is not None else None
-    return dh, gk, None, None
-
-
-_rwn_op.register_autograd(_op_backward, setup_context=_setup)
+_RWN = KernelOp(
+    RWN_OP,
+    args="Tensor h, Tensor? lk, float value, float eps",
+    num_outputs=2,
+    forward=_forward,
+    backward=_backward,
+    fake=_fake,
+    dense=_dense_op,
+    grad_inputs=(0, 1),
+    save_outputs=(1,),
+    nondiff_outputs=(1,),
+)
 
 
 # ----------------------------------------------------------------------------- Triton self-check
@@ -315,8 +243,7 @@ _rwn_op.register_autograd(_op_backward, setup_context=_setup)
 def _check_rwn(
     device: torch.device, dtype: torch.dtype, bd: int, prec: str
 ) -> _backend.CheckResult:
-    from . import _triton
-    from ._losses._lse import _rel_err
+    from . import triton as _triton
 
     g = torch.Generator().manual_seed(0)
     d = max(1, bd - 3)
@@ -329,9 +256,9 @@ def _check_rwn(
     dhr, dlkr = _bwd_torch(dz.double(), h.double(), rr, lk.double(), 0.0, 1e-12)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     errs = {
-        "z": _rel_err(z.cpu(), zr),
-        "dh": _rel_err(dh.cpu(), dhr),
-        "d log kappa": _rel_err(dlk.sum().cpu(), dlkr.sum()),
+        "z": _backend.rel_err(z.cpu(), zr),
+        "dh": _backend.rel_err(dh.cpu(), dhr),
+        "d log kappa": _backend.rel_err(dlk.sum().cpu(), dlkr.sum()),
     }
     what, worst = max(errs.items(), key=lambda kv: kv[1])
     if worst > tol:

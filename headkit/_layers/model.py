@@ -2,7 +2,8 @@
 
 Everything headkit needs to know about an encoder it did not build lives here: whether it is a
 module at all (`check_module`), what wraps it (`unwrap`: torch.compile, DDP, DataParallel, FSDP),
-its layer names and timm's index contract (`resolve`, `has_index_semantics`), its prefix tokens
+its layer names (`module_names`; specs are parsed in ``specs``) and timm's index contract
+(`has_index_semantics`), its prefix tokens
 (`num_prefix_tokens`), its block lists (Hugging Face / open_clip), the layers a sweep uses by
 default (`default_layers`) and how a checkpoint maps onto it (`load_checkpoint`).
 """
@@ -10,37 +11,39 @@ default (`default_layers`) and how a checkpoint maps onto it (`load_checkpoint`)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-from ._errors import HeadkitError, closest
+from .._errors import HeadkitError
 
 __all__ = [
+    "WRAPPER_PREFIXES",
     "Call",
     "Hint",
     "LayerSpec",
-    "LoadReport",
-    "Target",
+    "TapInfo",
     "block_lists",
     "channel_hint",
     "check_module",
     "default_layers",
+    "fitting_pool",
     "has_index_semantics",
     "is_compiled",
-    "load_checkpoint",
+    "library",
     "num_indices",
     "num_prefix_tokens",
-    "parse_targets",
-    "resolve",
+    "pad_token_id",
+    "strip_wrapper_prefix",
     "unwrap",
     "wrappers",
 ]
 
 LayerSpec = int | str
-_GLOB = re.compile(r"[*?\[]")
+Call = int | Literal["all"] | None  # which call of a module that runs several times
 
 # name segments that wrappers insert into module paths (FSDP1 auto-wrap, checkpoint_wrapper,
 # torch.compile of a submodule): a user's name without them still resolves
@@ -182,42 +185,25 @@ def num_indices(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- names
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^.]*")
-        elif c == "?":
-            out.append("[^.]")
-        elif c == "[":
-            j = pattern.find("]", i)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                out.append(pattern[i : j + 1])
-                i = j + 1
-                continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _names_hint(model: nn.Module) -> str:
-    return "list them all with [name for name, _ in model.named_modules()]"
-
-
 def canonical_name(name: str) -> str:
     """A module path without the segments that wrappers insert (FSDP, checkpoint_wrapper)."""
     if not any(s in name for s in _WRAPPER_SEGMENTS):
         return name
     return ".".join(p for p in name.split(".") if p not in _WRAPPER_SEGMENTS)
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+
+
+def strip_wrapper_prefix(name: str, known: Container[str]) -> str:
+    """``name`` without the leading prefixes that wrappers add to names and state-dict keys
+    (``module.``, ``_orig_mod.``), where ``name`` itself is not in ``known`` and the rest is."""
+    while name not in known:
+        wrap = next((w for w in WRAPPER_PREFIXES if name.startswith(w)), None)
+        if wrap is None or name[len(wrap) :] not in known:
+            return name
+        name = name[len(wrap) :]
+    return name
 
 
 def module_names(model: nn.Module) -> dict[str, str]:
@@ -228,130 +214,6 @@ def module_names(model: nn.Module) -> dict[str, str]:
             out.setdefault(n, n)
             out.setdefault(canonical_name(n), n)
     return out
-
-
-def resolve(model: nn.Module, spec: object) -> list[tuple[LayerSpec, int | str]]:
-    """Expand one layer spec into ``(output key, int index or module name)`` pairs.
-
-    A str is a dotted module name (a ``module.`` prefix is accepted either way) or a glob
-    (``*`` within one name segment, ``**`` across segments, ``?``, ``[...]``); a glob's key is
-    each matched name. An int is a timm index (negative counts from the end).
-    """
-    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
-        raise HeadkitError(
-            f"a layer spec must be an int index or a str module name / glob, got {spec!r}"
-        )
-    if isinstance(spec, int):
-        if not has_index_semantics(model):
-            top = [n for n, _ in model.named_children()][:8]
-            raise HeadkitError(
-                f"int layer index {spec} needs a model with timm's forward_intermediates contract; "
-                f"{type(model).__name__} has no index semantics. Use module names instead, e.g. "
-                f"{top} ({_names_hint(model)})"
-            )
-        n = num_indices(model)
-        if not -n <= spec < n:
-            raise HeadkitError(
-                f"layer index {spec} is out of range for {type(model).__name__}: valid indices are "
-                f"{-n}..{n - 1} ({n} intermediates)"
-            )
-        return [(spec, spec % n)]
-    table = module_names(model)
-    names = [n for n, _ in model.named_modules() if n]
-    if _GLOB.search(spec):
-        rx = _glob_regex(spec[7:] if spec.startswith("module.") else spec)
-        hits = [n for n in names if rx.match(n) or rx.match(canonical_name(n))]
-        if not hits:
-            raise HeadkitError(
-                f"layer pattern {spec!r} matches no module of {type(model).__name__}; "
-                f"closest names: {closest(spec.replace('*', ''), names)} ({_names_hint(model)})"
-            )
-        return [(canonical_name(h), h) for h in hits]
-    name = spec
-    if name not in table and name.startswith("module.") and name[7:] in table:
-        name = name[7:]
-    if name not in table:
-        near = closest(name, names)
-        raise HeadkitError(
-            f"no layer named {spec!r} in {type(model).__name__}; closest: {near} ({_names_hint(model)})"
-        )
-    return [(spec, table[name])]
-
-
-Call = int | Literal["all"] | None
-_SUFFIX = re.compile(r"^(?P<name>.+?)(?P<pre>:in)?(?:@(?P<call>-?\d+|\*))?\Z")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One resolved tap: where it reads and which call of the module.
-
-    Attributes:
-        key: the output key (the spec as given, or the matched name for a glob).
-        index: a timm index (``forward_intermediates``), or None for a module.
-        name: the real module name, or None for an index.
-        pre: read the module's input (a forward-pre tap) instead of its output.
-        call: which call of a module that runs several times in one forward: an int (negative
-            counts from the end), ``"all"`` (a list of every call), or None (the module must run
-            once).
-    """
-
-    key: LayerSpec
-    index: int | None = None
-    name: str | None = None
-    pre: bool = False
-    call: Call = None
-
-    @property
-    def slot(self) -> tuple[str, bool]:
-        """``(module name, pre)``: what a hook records."""
-        assert self.name is not None
-        return (self.name, self.pre)
-
-    def describe(self) -> str:
-        if self.index is not None:
-            return f"index {self.index}"
-        where = f"the input of {self.name!r}" if self.pre else repr(self.name)
-        if self.call is None:
-            return where
-        return f"{where} (call {self.call})"
-
-
-def _check_call(call: object, where: str) -> Call:
-    if call is None or call == "all":
-        return call
-    if isinstance(call, bool) or not isinstance(call, int):
-        raise HeadkitError(
-            f"{where}: call must be None, an int (negative from the end) or 'all', got {call!r}"
-        )
-    return call
-
-
-def parse_targets(model: nn.Module, spec: object, call: object = None) -> list[Target]:
-    """Expand one layer spec into `Target`s.
-
-    Spec strings: ``"name"`` (the module's output), ``"name:in"`` (its input, a forward-pre tap:
-    the value of a non-module op such as a residual add, read where the next module receives
-    it), ``"name@k"`` (call ``k`` of a module that runs several times; ``-1`` the last),
-    ``"name@*"`` (every call, as a list), combinable (``"name:in@-1"``) and with globs. ``call``
-    is the default for specs without ``@``.
-    """
-    default = _check_call(call, "LayerTap")
-    if isinstance(spec, str) and spec not in module_names(model):
-        m = _SUFFIX.match(spec)
-        if m and (m.group("pre") or m.group("call") is not None):
-            c = m.group("call")
-            chosen: Call = default if c is None else ("all" if c == "*" else int(c))
-            out = []
-            for key, name in resolve(model, m.group("name")):
-                k = spec if key == m.group("name") else f"{key}{spec[len(m.group('name')) :]}"
-                out.append(Target(k, name=str(name), pre=bool(m.group("pre")), call=chosen))
-            return out
-    pairs = resolve(model, spec)
-    return [
-        Target(k, index=t, call=None) if isinstance(t, int) else Target(k, name=t, call=default)
-        for k, t in pairs
-    ]
 
 
 # ----------------------------------------------------------------------------- prefix tokens
@@ -519,6 +381,39 @@ def channel_hint(module: nn.Module, *, pre: bool = False) -> Hint:
     return frozenset(first), frozenset(last)
 
 
+#: Libraries whose modules all give batch-first outputs.
+BATCH_FIRST_LIBRARIES = ("timm", "transformers")
+
+
+def declared_layout(model: nn.Module, name: str | None) -> bool | None:
+    """Whether the outputs (and inputs) of module ``name`` are batch-first, as the model says.
+
+    Never guessed from sizes: ``True`` for timm and Hugging Face models (batch-first by
+    design), and for a model in which no module has ``batch_first=False`` (every PyTorch layer
+    without the attribute is batch-first); otherwise the ``batch_first`` of the modules inside
+    ``name`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``'s ``self_attn``, RNNs,
+    open_clip's ``Transformer``), when they agree. None when they disagree, or when only
+    modules outside ``name`` declare one (in an older open_clip model the MLP of a block
+    receives tokens first, ``ln_pre`` batch first): the caller must say.
+    """
+    if library(model) in BATCH_FIRST_LIBRARIES:
+        return True
+    flags = {
+        m.batch_first for m in model.modules() if isinstance(getattr(m, "batch_first", None), bool)
+    }
+    if False not in flags:
+        return True
+    if name is None:
+        return None
+    sub = dict(model.named_modules()).get(name)
+    if sub is None:
+        return None
+    own = {
+        m.batch_first for m in sub.modules() if isinstance(getattr(m, "batch_first", None), bool)
+    }
+    return own.pop() if len(own) == 1 else None
+
+
 # ----------------------------------------------------------------------------- block lists
 
 _BLOCK_LIST_NAMES = frozenset(
@@ -527,7 +422,15 @@ _BLOCK_LIST_NAMES = frozenset(
 _VISION_TOWERS = ("visual", "vision_model", "vision_tower", "image_encoder", "vision_encoder")
 
 
-def _library(model: nn.Module) -> str:
+def pad_token_id(model: nn.Module) -> int | None:
+    """The padding id of a Hugging Face text model (``config.pad_token_id``), or None."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) else None
+
+
+def library(model: nn.Module) -> str:
+    """The top-level package of the model's class: ``"timm"``, ``"transformers"``,
+    ``"open_clip"``, ``"torchvision"``, ... (``"__main__"`` for a script's own class)."""
     mod = type(model).__module__.split(".", 1)[0]
     return mod
 
@@ -639,8 +542,15 @@ def default_layers(model: nn.Module) -> list[LayerSpec]:
     Raises:
         HeadkitError: a non-module, or a model without a layer to read.
 
+    Args:
+        model: the encoder (wrappers such as DDP and ``torch.compile`` are looked through).
+
+    Returns:
+        Layer specs (module names, or timm indices), shallowest first.
+
     Example:
         >>> from torch import nn
+        >>> from headkit import default_layers
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True), nn.Linear(8, 2))
         >>> default_layers(net)
         ['0', '3']
@@ -648,7 +558,7 @@ def default_layers(model: nn.Module) -> list[LayerSpec]:
     inner = unwrap(check_module(model, "default_layers"))
     if has_index_semantics(inner):
         return list(range(num_indices(inner)))
-    lib = _library(inner)
+    lib = library(inner)
     if lib in ("transformers", "open_clip"):
         albert = _albert_layers(inner) if lib == "transformers" else None
         if albert:
@@ -698,7 +608,51 @@ def default_layers(model: nn.Module) -> list[LayerSpec]:
     return [n for n, _ in cands]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-# load_checkpoint lives in its own module; it is part of this one's surface
+# ----------------------------------------------------------------------------- a layer's output
 
-from ._checkpoint import LoadReport, load_checkpoint  # noqa: E402
+
+@dataclass(frozen=True)
+class TapInfo:
+    """Shape and dtype of one tap, from a dry run on the meta device.
+
+    Attributes:
+        shape: output shape, batch dimension included (of the pooled output when pooled).
+        dtype: output dtype.
+        layer: the module name or timm index the tap reads.
+        element: which part of a module output that is not a tensor was read, e.g.
+            ``"element 0 of a tuple of 2"`` (Hugging Face blocks), or None.
+        num_prefix_tokens: the prefix tokens a token pool skips at this layer (None: unknown).
+        pre: the tap reads the module's input (a ``"name:in"`` spec).
+
+    Example:
+        >>> from torch import nn
+        >>> from headkit import feature_info
+        >>> info = feature_info(nn.Sequential(nn.Linear(3, 5)), ["0"], (2, 3))["0"]
+        >>> info.shape, info.dtype
+        ((2, 5), torch.float32)
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layer: int | str
+    element: str | None = None
+    num_prefix_tokens: int | None = None
+    pre: bool = False
+
+
+def fitting_pool(model: nn.Module) -> tuple[Literal["mean", "avg"], str]:
+    """The pool that fits ``model`` (what ``pool="auto"`` means) and why, in words.
+
+    ``"mean"`` (over the patch tokens, prefix tokens skipped) for a model with class, register
+    or distillation tokens (`num_prefix_tokens` > 0); ``"avg"`` (over every position: the
+    spatial mean of a feature map, the mean of a token sequence) otherwise.
+
+    Example:
+        >>> from torch import nn
+        >>> fitting_pool(nn.Sequential(nn.Conv2d(3, 8, 3)))
+        ('avg', 'average over positions')
+    """
+    npt = num_prefix_tokens(unwrap(model))
+    if npt:
+        return "mean", f"mean over the patch tokens: the model has {npt} class/register token(s)"
+    return "avg", "average over positions"

@@ -11,7 +11,7 @@ without building the (A, K) matrix: the forward streams over (row block x column
 with an online log-sum-exp, the backward recomputes each block. Blocks live in buffers
 allocated once per call and reused (``out=``), so the extra memory is a few blocks.
 
-Two routes to the same implementation:
+One `headkit._kernels.op.KernelOp` definition gives two routes to the same implementation:
 
 - eager: an `torch.autograd.Function` calls it directly (no dispatcher, no ``torch._dynamo``
   import, which alone costs about 160 MiB of resident memory on the first call);
@@ -20,21 +20,22 @@ Two routes to the same implementation:
 
 Double backward (``create_graph=True``) recomputes the gradient with a differentiable dense
 composite (O(A K) memory, only on that path). CUDA tensors use the Triton kernels of
-`headkit._triton` after a self-check (see `headkit._losses._backend`).
+`headkit._kernels.triton` after a self-check (see `headkit._kernels.backend`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from . import _backend
+from . import backend as _backend
+from .op import KernelKey, KernelOp, run_kernel
 
-__all__ = ["LSE_OP", "contrastive_lse", "lse", "lse_dense", "tile_shape"]
+__all__ = ["LSE_OP", "LseArgs", "lse", "lse_dense", "tile_shape"]
 
 LSE_OP = "contrastive_lse"
 
@@ -46,6 +47,21 @@ _TILE_ELEMS = int(os.environ.get("HEADKIT_TILE_ELEMS", str(1 << 22)))
 _MAX_COLS = 1024
 _TRITON_MAX_D = 256
 _EMPTY: dict[torch.device, Tensor] = {}
+
+
+class LseArgs(NamedTuple):
+    """The inputs of the op, as every implementation takes them: anchors ``q`` (A, D), keys
+    ``k`` (K, D), labels ``ql`` (A,) / ``kl`` (K,), the excluded key ``self_idx`` (A,) and
+    the positive key ``pos_idx`` (A,) of each anchor (empty tensors where unused), and
+    ``inv_t``, the inverse temperature."""
+
+    q: Tensor
+    k: Tensor
+    ql: Tensor
+    kl: Tensor
+    self_idx: Tensor
+    pos_idx: Tensor
+    inv_t: float
 
 
 def tile_shape(a: int, n: int) -> tuple[int, int]:
@@ -94,15 +110,8 @@ def _touches(rng: tuple[int, int] | None, c0: int, c1: int) -> bool:
     return rng is None or (rng[0] < c1 and rng[1] >= c0)
 
 
-def _fwd_torch(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _fwd_torch(args: LseArgs) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, ql, kl, self_idx, pos_idx, inv_t = args
     a, n = q.shape[0], k.shape[0]
     dt, dev = q.dtype, q.device
     lse = torch.full((a,), -math.inf, dtype=dt, device=dev)
@@ -164,17 +173,7 @@ def _fwd_torch(
 
 
 def _bwd_torch(
-    g_lse: Tensor,
-    g_pos: Tensor,
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    lse: Tensor,
-    inv_t: float,
-    symmetric: bool,
+    g_lse: Tensor, g_pos: Tensor, args: LseArgs, lse: Tensor, symmetric: bool
 ) -> tuple[Tensor, Tensor]:
     """``(dq, dk)``; with ``symmetric`` (k is q) both are one buffer holding their sum.
 
@@ -182,6 +181,7 @@ def _bwd_torch(
     q)``. ``exp(s - lse) * g_lse`` is one ``exp`` of ``s - (lse - log g_lse)``, the shift folded
     into the matmul (``addmm``), when every ``g_lse >= 0`` (checked on the host for CPU tensors).
     """
+    q, k, ql, kl, self_idx, pos_idx, inv_t = args
     a, n = q.shape[0], k.shape[0]
     dt, dev = q.dtype, q.device
     dq = torch.zeros_like(q)
@@ -269,229 +269,60 @@ def lse_dense(
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _forward(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    if _use_triton(q, dot):
-        from .. import _triton
+def _key(q: Tensor, dot: str) -> KernelKey:
+    return KernelKey(
+        LSE_OP, q.device, _dot_dtype(q, dot), _backend.block_d(q.shape[-1]), _triton_supported(q)
+    )
 
-        try:
-            return _triton.lse_forward(q, k, ql, kl, self_idx, pos_idx, inv_t, dot)
-        except Exception as err:
-            if _backend.triton_mode() == "1":
-                raise
-            _backend.mark_failed(
-                LSE_OP,
-                q.device,
-                _dot_dtype(q, dot),
-                _backend.block_d(q.shape[-1]),
-                f"raised {type(err).__name__}: {err}",
-            )
-    return _fwd_torch(q, k, ql, kl, self_idx, pos_idx, inv_t)
+
+def _forward(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    args, dot = LseArgs(*inputs[:7]), inputs[7]
+
+    def triton() -> tuple[Tensor, Tensor, Tensor]:
+        from . import triton as _triton
+
+        return _triton.lse_forward(args, dot)
+
+    return run_kernel(_key(args.q, dot), triton, lambda: _fwd_torch(args))
 
 
 def _backward(
-    g_lse: Tensor,
-    g_pos: Tensor,
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    lse: Tensor,
-    inv_t: float,
-    dot: str,
-    symmetric: bool,
+    grads: tuple[Tensor, ...], inputs: tuple[Any, ...], saved: tuple[Tensor, ...], symmetric: bool
 ) -> tuple[Tensor, Tensor]:
-    if _use_triton(q, dot):
-        from .. import _triton
+    """``(dq, dk)``; with ``symmetric`` (``k is q``, eager route) ``dq`` holds their sum."""
+    g_lse, g_pos = grads
+    args, dot, lse_ = LseArgs(*inputs[:7]), inputs[7], saved[0]
 
-        try:
-            dq, dk = _triton.lse_backward(
-                g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse, inv_t, dot
-            )
-            return (dq.add_(dk), dq) if symmetric else (dq, dk)
-        except Exception as err:
-            if _backend.triton_mode() == "1":
-                raise
-            _backend.mark_failed(
-                LSE_OP,
-                q.device,
-                _dot_dtype(q, dot),
-                _backend.block_d(q.shape[-1]),
-                f"raised {type(err).__name__}: {err}",
-            )
-    return _bwd_torch(g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse, inv_t, symmetric)
+    def triton() -> tuple[Tensor, Tensor]:
+        from . import triton as _triton
 
+        dq, dk = _triton.lse_backward(g_lse, g_pos, args, lse_, dot)
+        return (dq.add_(dk), dq) if symmetric else (dq, dk)
 
-class _LseFn(torch.autograd.Function):
-    """Eager route: the implementation called directly, with a double-backward fallback."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        q: Tensor,
-        k: Tensor,
-        ql: Tensor,
-        kl: Tensor,
-        self_idx: Tensor,
-        pos_idx: Tensor,
-        inv_t: float,
-        dot: str,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        lse_, pos, cnt = _forward(q, k, ql, kl, self_idx, pos_idx, inv_t, dot)
-        ctx.symmetric = k is q
-        ctx.inv_t, ctx.dot = inv_t, dot
-        if ctx.symmetric:
-            ctx.save_for_backward(q, ql, kl, self_idx, pos_idx, lse_)
-        else:
-            ctx.save_for_backward(q, k, ql, kl, self_idx, pos_idx, lse_)
-        ctx.mark_non_differentiable(cnt)
-        return lse_, pos, cnt
-
-    @staticmethod
-    def backward(
-        ctx: Any, g_lse: Tensor, g_pos: Tensor, g_cnt: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        if ctx.symmetric:
-            q, ql, kl, self_idx, pos_idx, lse_ = ctx.saved_tensors
-            k = q
-        else:
-            q, k, ql, kl, self_idx, pos_idx, lse_ = ctx.saved_tensors
-        nones = (None,) * 6
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-            return (
-                *_dense_vjp(
-                    q, k, ql, kl, self_idx, pos_idx, ctx.inv_t, g_lse, g_pos, ctx.symmetric
-                ),
-                *nones,
-            )
-        dq, dk = _backward(
-            g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse_, ctx.inv_t, ctx.dot, ctx.symmetric
-        )
-        return (dq, None if ctx.symmetric else dk, *nones)
-
-
-def _dense_vjp(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-    g_lse: Tensor,
-    g_pos: Tensor,
-    symmetric: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Gradient of ``lse . g_lse + pos . g_pos`` with ``create_graph=True``."""
-    wrt = [q] if symmetric else [q, k]
-    need = [x.requires_grad for x in wrt]
-    if not any(need):
-        return None, None
-    lse_, pos, _ = lse_dense(q, k, ql, kl, self_idx, pos_idx, inv_t)
-    grads = torch.autograd.grad(
-        (lse_, pos),
-        [x for x, r in zip(wrt, need, strict=True) if r],
-        (g_lse, g_pos),
-        create_graph=True,
-        allow_unused=True,
+    return run_kernel(
+        _key(args.q, dot), triton, lambda: _bwd_torch(g_lse, g_pos, args, lse_, symmetric)
     )
-    it = iter(grads)
-    out = [next(it) if r else None for r in need]
-    return (out[0], None) if symmetric else (out[0], out[1])
 
 
-# ----------------------------------------------------------------------------- torch.compile route
-
-
-@torch.library.custom_op("headkit::contrastive_lse", mutates_args=())
-def _lse_op(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _forward(q, k, ql, kl, self_idx, pos_idx, inv_t, dot)
-
-
-@_lse_op.register_fake
-def _(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _fake(q: Tensor, *_: Any) -> tuple[Tensor, Tensor, Tensor]:
     a = q.shape[0]
     return q.new_empty(a), q.new_empty(a), q.new_empty(a)
 
 
-@torch.library.custom_op("headkit::contrastive_lse_backward", mutates_args=())
-def _lse_bwd_op(
-    g_lse: Tensor,
-    g_pos: Tensor,
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    lse: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor]:
-    return _backward(g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse, inv_t, dot, False)
-
-
-@_lse_bwd_op.register_fake
-def _(
-    g_lse: Tensor,
-    g_pos: Tensor,
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    lse: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(q), torch.empty_like(k)
-
-
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    q, k, ql, kl, self_idx, pos_idx, inv_t, dot = inputs
-    ctx.save_for_backward(q, k, ql, kl, self_idx, pos_idx, output[0])
-    ctx.inv_t, ctx.dot = inv_t, dot
-    ctx.mark_non_differentiable(output[2])
-
-
-def _op_backward(
-    ctx: Any, g_lse: Tensor, g_pos: Tensor, g_cnt: Tensor
-) -> tuple[Tensor | None, ...]:
-    q, k, ql, kl, self_idx, pos_idx, lse_ = ctx.saved_tensors
-    dq, dk = _lse_bwd_op(g_lse, g_pos, q, k, ql, kl, self_idx, pos_idx, lse_, ctx.inv_t, ctx.dot)
-    return dq, dk, None, None, None, None, None, None
-
-
-_lse_op.register_autograd(_op_backward, setup_context=_setup_context)
+_LSE = KernelOp(
+    LSE_OP,
+    args="Tensor q, Tensor k, Tensor ql, Tensor kl, Tensor self_idx, Tensor pos_idx, "
+    "float inv_t, str dot",
+    num_outputs=3,
+    forward=_forward,
+    backward=_backward,
+    fake=_fake,
+    dense=lambda q, k, ql, kl, si, pi, inv_t, dot: lse_dense(q, k, ql, kl, si, pi, inv_t),
+    grad_inputs=(0, 1),
+    save_outputs=(0,),
+    nondiff_outputs=(2,),
+    alias=(0, 1),
+)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -525,71 +356,18 @@ def lse(
     kl = e if k_labels is None else k_labels
     si = e if self_idx is None else self_idx
     pi = e if pos_idx is None else pos_idx
-    if torch.compiler.is_compiling():
-        out: tuple[Tensor, Tensor, Tensor] = _lse_op(q, k, ql, kl, si, pi, float(inv_t), dot)
-        return out
-    res: tuple[Tensor, Tensor, Tensor] = _LseFn.apply(q, k, ql, kl, si, pi, float(inv_t), dot)
-    return res
-
-
-def contrastive_lse(
-    q: Tensor,
-    k: Tensor,
-    q_labels: Tensor,
-    k_labels: Tensor,
-    self_idx: Tensor,
-    temperature: float | Tensor,
-    need_pos: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Tiled log-sum-exp and summed positive logits of ``q @ k.T / temperature``.
-
-    Args:
-        q: ``(A, D)`` anchors (float32 or float64).
-        k: ``(K, D)`` keys, same dtype and device.
-        q_labels: ``(A,)`` int64 anchor labels.
-        k_labels: ``(K,)`` int64 key labels; key j is a positive of anchor a when the labels match.
-        self_idx: ``(A,)`` int64, the key index excluded for each anchor (``-1``: none).
-        temperature: a float, or a scalar tensor (differentiable: a learnable temperature
-            receives its gradient).
-        need_pos: compute ``pos`` and ``cnt`` (False returns zeros and skips the label masks).
-
-    Returns:
-        ``(lse, pos, cnt)``, each ``(A,)``: log-sum-exp over the non-excluded keys, the sum of the
-        positive logits, and the number of positives (not differentiable).
-
-    Example:
-        >>> import torch
-        >>> from headkit.ops import contrastive_lse
-        >>> q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
-        >>> lab = torch.tensor([0, 0, 1, 1, 2, 2])
-        >>> lse, pos, cnt = contrastive_lse(q, q, lab, lab, torch.arange(6), 0.1)
-        >>> cnt.tolist()
-        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    """
-    from ._functional import check_temperature
-
-    t = check_temperature(temperature)
-    ql, kl = (q_labels, k_labels) if need_pos else (None, None)
-    if isinstance(t, Tensor):
-        return lse(q * t.reciprocal().to(q.dtype), k, q_labels=ql, k_labels=kl, self_idx=self_idx)
-    return lse(q, k, q_labels=ql, k_labels=kl, self_idx=self_idx, inv_t=1.0 / t)
+    lse_, pos, cnt = _LSE.apply(q, k, ql, kl, si, pi, float(inv_t), dot)
+    return lse_, pos, cnt
 
 
 # ----------------------------------------------------------------------------- Triton self-check
-
-
-def _rel_err(x: Tensor, ref: Tensor) -> float:
-    x, ref = x.double(), ref.double()
-    if not bool(torch.isfinite(x).all()):
-        return math.inf
-    return float((x - ref).abs().max() / ref.abs().max().clamp_min(1.0)) if ref.numel() else 0.0
 
 
 def _check_lse(
     device: torch.device, dtype: torch.dtype, bd: int, prec: str
 ) -> _backend.CheckResult:
     """Run the Triton kernels on a small input and compare them with the PyTorch path."""
-    from .. import _triton
+    from . import triton as _triton
 
     g = torch.Generator().manual_seed(0)
     a, n, d = 67, 83, max(1, bd - 5)
@@ -612,28 +390,16 @@ def _check_lse(
         "plain": (e, e, e, e),
     }.items():
         dq_, dk_, dl, dkl, dsi, dpi = (x.to(device) for x in (q, k, lq, lk, si, pi))
-        got = _triton.lse_forward(dq_, dk_, dl, dkl, dsi, dpi, 2.0, dot)
-        ref = _fwd_torch(qr, kr, lq, lk, si, pi, 2.0)
-        got_g = _triton.lse_backward(
-            g_lse.to(device),
-            g_pos.to(device),
-            dq_,
-            dk_,
-            dl,
-            dkl,
-            dsi,
-            dpi,
-            got[0],
-            2.0,
-            dot,
-        )
-        ref_g = _bwd_torch(
-            g_lse.double(), g_pos.double(), qr, kr, lq, lk, si, pi, ref[0], 2.0, False
-        )
+        on_device = LseArgs(dq_, dk_, dl, dkl, dsi, dpi, 2.0)
+        ref_args = LseArgs(qr, kr, lq, lk, si, pi, 2.0)
+        got = _triton.lse_forward(on_device, dot)
+        ref = _fwd_torch(ref_args)
+        got_g = _triton.lse_backward(g_lse.to(device), g_pos.to(device), on_device, got[0], dot)
+        ref_g = _bwd_torch(g_lse.double(), g_pos.double(), ref_args, ref[0], False)
         for what, x, r in zip(
             ("lse", "pos", "cnt", "dq", "dk"), (*got, *got_g), (*ref, *ref_g), strict=True
         ):
-            err = _rel_err(x.cpu(), r)
+            err = _backend.rel_err(x.cpu(), r)
             if err > worst:
                 worst, where = err, f"{what} ({name} positives)"
     if worst > tol:

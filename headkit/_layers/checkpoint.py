@@ -1,5 +1,5 @@
 """`load_checkpoint`: a checkpoint of any common layout into a model, strictly (part of
-`headkit._model`, the one home of facts about a user's model)."""
+`headkit._layers.model`, the one home of facts about a user's model)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._errors import HeadkitError
-from ._model import canonical_name, check_module, unwrap
+from .._errors import HeadkitError, first_line
+from .model import canonical_name, check_module, unwrap
+from .truncate import Truncated
 
 __all__ = ["LoadReport", "load_checkpoint"]
 
@@ -33,6 +34,8 @@ class LoadReport:
         unexpected: checkpoint keys under ``prefix`` the model lacks (only with ``strict=False``).
         skipped: checkpoint keys deliberately left out: those outside ``prefix`` (a projection
             head, an optimizer) and those of the part a `truncate_at` cut removed.
+        removed: the classifier taken out of the model because the checkpoint has none (a
+            backbone saved with ``num_classes=0``), and how; ``""`` when nothing was removed.
 
     Example:
         >>> import torch
@@ -49,6 +52,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    removed: str = ""
 
     def __str__(self) -> str:
         out = f"loaded {self.loaded} tensors from {self.source}"
@@ -60,6 +64,8 @@ class LoadReport:
             out += f"; {len(self.unexpected)} unexpected: {_few(self.unexpected)}"
         if self.skipped:
             out += f"; {len(self.skipped)} skipped: {_few(self.skipped)}"
+        if self.removed:
+            out += f"; the checkpoint has no classifier: {self.removed}"
         return out
 
 
@@ -90,7 +96,7 @@ def _read(path: str) -> Any:
             return load_file(path)
         except Exception as err:
             raise HeadkitError(
-                f"cannot read checkpoint {path!r}: not a valid safetensors file ({_first_line(err)})"
+                f"cannot read checkpoint {path!r}: not a valid safetensors file ({first_line(err, 160)})"
             ) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -107,10 +113,6 @@ def _read(path: str) -> Any:
         raise HeadkitError(
             f"cannot read checkpoint {path!r}: {kind}, not a PyTorch checkpoint; {_CKPT_HINT}"
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 
 
 def _sniff(path: str) -> str:
@@ -180,6 +182,7 @@ def load_checkpoint(
     *,
     strict: bool = True,
     prefix: str | None = None,
+    drop_classifier: bool = True,
 ) -> LoadReport:
     """Load a state_dict, lightly, Lightning, DINO-style or DDP checkpoint into ``model``.
 
@@ -194,12 +197,21 @@ def load_checkpoint(
     what was left out. For a `truncate_at` cut, the keys of the removed part are skipped on
     purpose and reported.
 
+    A backbone saved without its classifier (timm's ``num_classes=0`` or ``reset_classifier(0)``,
+    a torchvision ``fc`` / ``classifier`` / ``heads`` set to ``nn.Identity``, a Hugging Face
+    model without its pooler or head) lacks exactly the classifier's keys: the classifier is
+    then removed from ``model`` in place (timm: ``model.reset_classifier(0)``; otherwise the
+    module becomes ``nn.Identity()``, a Hugging Face pooler ``None``), the rest is loaded
+    strictly, and `LoadReport.removed` says what was removed.
+
     Args:
         model: the model to load into (compile / DDP / DataParallel / FSDP wrappers unwrapped).
         checkpoint: a path (``str`` / ``os.PathLike``) or a mapping of tensors.
         strict: raise on missing or unexpected keys (default), or load what matches.
         prefix: the key prefix to use, when the checkpoint holds several candidates (e.g. a
             DINO checkpoint's ``"teacher.backbone."`` and ``"student.backbone."``).
+        drop_classifier: remove the classifier from ``model`` when the checkpoint lacks
+            exactly its keys (default); False keeps it (then strict loading raises).
 
     Returns:
         `LoadReport` (``str(report)`` is a one-line summary).
@@ -278,7 +290,6 @@ def load_checkpoint(
             sd[ck[len(chosen) :]] = v
         else:
             skipped.append(k)
-    from ._truncate import Truncated  # a cut: the keys of its removed part are skipped
 
     dropped = set(inner.dropped_keys) if isinstance(inner, Truncated) else set()
     unexpected = sorted(k for k in sd if k not in own and k not in dropped)
@@ -295,6 +306,13 @@ def load_checkpoint(
         if k in own and tuple(sd[k].shape) != tuple(own_sd[own[k]].shape)
     ]
     where = f"{source}" + (f" (prefix {chosen!r})" if chosen else "")
+    removed = ""
+    if drop_classifier and missing and not unexpected and not bad_shape:
+        removed = _drop_classifier(inner, missing)
+        if removed:
+            own_sd = inner.state_dict()
+            own = {canonical_name(k): k for k in own_sd}
+            missing = [own[k] for k in own if k not in sd]
     if bad_shape:
         raise HeadkitError(
             f"checkpoint {where} does not fit {type(inner).__name__}: {len(bad_shape)} shape "
@@ -324,7 +342,48 @@ def load_checkpoint(
         missing=missing,
         unexpected=unexpected,
         skipped=skipped + cut_skipped,
+        removed=removed,
     )
+
+
+_HEAD_NAMES = ("fc", "classifier", "head", "heads", "last_linear", "pooler")
+
+
+def _keys_under(model: nn.Module, name: str) -> set[str]:
+    sub = model.get_submodule(name)
+    return {canonical_name(f"{name}.{k}") for k in sub.state_dict()}
+
+
+def _drop_classifier(model: nn.Module, missing: list[str]) -> str:
+    """Remove the classifier when ``missing`` is exactly its keys; what was done, or ``""``."""
+    lost = {canonical_name(k) for k in missing}
+    get = getattr(model, "get_classifier", None)
+    reset = getattr(model, "reset_classifier", None)
+    if callable(get) and callable(reset):  # timm
+        clf = get()
+        name = next((n for n, m in model.named_modules() if n and m is clf), None)
+        if isinstance(clf, nn.Module) and name is not None and _keys_under(model, name) == lost:
+            reset(0)
+            return f"{name} removed from the model (timm reset_classifier(0), num_classes=0)"
+    children = dict(model.named_children())
+    heads = [n for n in _HEAD_NAMES if n in children and _keys_under(model, n)]
+    for k in range(1, len(heads) + 1):
+        for combo in _combinations(heads, k):
+            if set().union(*(_keys_under(model, n) for n in combo)) == lost:
+                for n in combo:
+                    # a Hugging Face model skips a pooler that is None; others get an identity
+                    setattr(model, n, None if n == "pooler" else nn.Identity())
+                done = ", ".join(
+                    f"{n} -> {'None' if n == 'pooler' else 'nn.Identity()'}" for n in combo
+                )
+                return f"{', '.join(combo)} removed from the model ({done})"
+    return ""
+
+
+def _combinations(items: list[str], k: int) -> list[tuple[str, ...]]:
+    import itertools
+
+    return list(itertools.combinations(items, k))
 
 
 def _classifier_hint(model: nn.Module, missing: list[str]) -> str:

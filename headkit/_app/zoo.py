@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ._errors import HeadkitError
+from .._errors import HeadkitError
 
 __all__ = ["ModelFacts", "build_model", "first_channels"]
 

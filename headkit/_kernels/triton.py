@@ -1,6 +1,6 @@
 """Triton kernels for CUDA tensors (also runnable on the CPU under ``TRITON_INTERPRET=1``).
 
-Imported lazily, only once `headkit._losses._backend.use_triton` has chosen Triton for an op;
+Imported lazily, only once `headkit._kernels.backend.use_triton` has chosen Triton for an op;
 ``import headkit`` never imports Triton. Two ops have kernels here:
 
 - ``headkit::contrastive_lse`` (`headkit.ops.contrastive_lse`): a forward kernel (online
@@ -22,11 +22,15 @@ configurations per feature width (one configuration under the interpreter).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ._losses._backend import block_d, dot_precision
+from .backend import block_d, dot_precision
+
+if TYPE_CHECKING:
+    from .lse import LseArgs
 
 __all__ = ["block_d", "lse_backward", "lse_forward", "rwn_backward", "rwn_forward"]
 
@@ -355,17 +359,9 @@ def _ptr(t: Tensor, like: Tensor) -> Tensor:
     return t.contiguous() if t.numel() else torch.zeros(1, dtype=torch.long, device=like.device)
 
 
-def lse_forward(
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    inv_t: float,
-    dot: str,
-) -> tuple[Tensor, Tensor, Tensor]:
+def lse_forward(args: LseArgs, dot: str) -> tuple[Tensor, Tensor, Tensor]:
     """Triton forward of ``headkit::contrastive_lse``: ``(lse, pos, cnt)`` in q's dtype."""
+    q, k, ql, kl, self_idx, pos_idx, inv_t = args
     q, k = q.contiguous(), k.contiguous()
     a, d = q.shape
     n = k.shape[0]
@@ -400,19 +396,10 @@ def lse_forward(
 
 
 def lse_backward(
-    g_lse: Tensor,
-    g_pos: Tensor,
-    q: Tensor,
-    k: Tensor,
-    ql: Tensor,
-    kl: Tensor,
-    self_idx: Tensor,
-    pos_idx: Tensor,
-    lse: Tensor,
-    inv_t: float,
-    dot: str,
+    g_lse: Tensor, g_pos: Tensor, args: LseArgs, lse: Tensor, dot: str
 ) -> tuple[Tensor, Tensor]:
     """Triton backward of ``headkit::contrastive_lse``: ``(dq, dk)`` in q's dtype."""
+    q, k, ql, kl, self_idx, pos_idx, inv_t = args
     q, k = q.contiguous(), k.contiguous()
     a, d = q.shape
     n = k.shape[0]
@@ -420,7 +407,7 @@ def lse_backward(
     dq = torch.empty((a, d), device=q.device, dtype=torch.float32)
     dk = torch.empty((n, d), device=k.device, dtype=torch.float32)
     lse = torch.where(torch.isfinite(lse), lse, 0.0).float().contiguous()
-    args = (
+    kargs = (
         q,
         k,
         _ptr(ql, q),
@@ -439,8 +426,8 @@ def lse_backward(
         "HAS_SELF": has_self,
     }
     tail = (a, n, d, float(inv_t), q.stride(0), k.stride(0), _bucket(a, n))
-    _lse_bwd_dq_kernel[lambda meta: (triton.cdiv(a, meta["BLOCK_M"]),)](*args, dq, *tail, **consts)
-    _lse_bwd_dk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, dk, *tail, **consts)
+    _lse_bwd_dq_kernel[lambda meta: (triton.cdiv(a, meta["BLOCK_M"]),)](*kargs, dq, *tail, **consts)
+    _lse_bwd_dk_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*kargs, dk, *tail, **consts)
     return dq.to(q.dtype), dk.to(k.dtype)
 
 

@@ -8,34 +8,50 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ._errors import HeadkitError, fmt_shape
+from .._errors import HeadkitError, fmt_shape
+from .model import fitting_pool
 
 __all__ = [
     "POOLS",
     "Pool",
     "PoolContext",
     "apply_pool",
+    "check_batch_first",
     "check_pool",
     "needs_prefix",
     "pick_tensor",
 ]
 
-PoolName = Literal["avg", "flatten", "cls", "mean", "cls+mean"]
+PoolName = Literal["auto", "avg", "flatten", "cls", "mean", "cls+mean"]
 Pool = PoolName | Callable[[Tensor], Tensor] | None
 POOLS = ("avg", "flatten", "cls", "mean", "cls+mean")
 
 
-def check_pool(pool: object) -> Pool:
-    """Validate a pool argument."""
+def check_pool(pool: object, model: nn.Module | None = None) -> Pool:
+    """Validate a pool argument; ``"auto"`` becomes the pool that fits ``model``
+    (`fitting_pool`: ``"mean"`` over the patch tokens where it has prefix tokens, else
+    ``"avg"``)."""
     if pool is None or callable(pool):
         return pool
+    if pool == "auto":
+        if model is None:
+            raise HeadkitError('pool="auto" needs the model it is for')
+        return fitting_pool(model)[0]
     if isinstance(pool, str) and pool in POOLS:
         return pool  # type: ignore[return-value]
     raise HeadkitError(
-        f"pool must be None, one of {', '.join(repr(p) for p in POOLS)} or a callable, got {pool!r}"
+        f"pool must be None, 'auto', one of {', '.join(repr(p) for p in POOLS)} or a callable, "
+        f"got {pool!r}"
     )
+
+
+def check_batch_first(batch_first: object) -> bool | None:
+    """Validate a ``batch_first=`` argument (None: as the model declares it)."""
+    if batch_first is None or isinstance(batch_first, bool):
+        return batch_first
+    raise HeadkitError(f"batch_first must be True, False or None, got {batch_first!r}")
 
 
 def needs_prefix(pool: Pool) -> bool:
@@ -57,6 +73,10 @@ class PoolContext:
         input_ids: the ``input_ids`` of the call (only read when no mask was passed).
         hint: ``(first, last)`` channel sizes of the layer's weight layers (`channel_hint`).
         npt_given: ``npt`` was passed by the user (``num_prefix_tokens=``), not read.
+        batch_first: the layout of a 3-D output: True ``(B, T, C)``, False ``(T, B, C)``
+            (given with ``batch_first=`` or declared by the model, `declared_layout`), None
+            unknown: read from the batch size where that cannot be confused with the number of
+            tokens, refused where it can.
     """
 
     npt: int | None = 0
@@ -67,6 +87,7 @@ class PoolContext:
     input_ids: Tensor | None = None
     hint: tuple[frozenset[int], frozenset[int]] | None = None
     npt_given: bool = False
+    batch_first: bool | None = True
 
 
 def pick_tensor(out: Any) -> tuple[Any, str | None]:
@@ -94,9 +115,27 @@ def _is_prefix_pair(out: Any) -> bool:
 
 
 def _batch_first(t: Tensor, ctx: PoolContext, key: object) -> Tensor:
-    """``(T, B, C)`` outputs (``batch_first=False`` transformers) turned to ``(B, T, C)``."""
+    """``(T, B, C)`` outputs (``batch_first=False`` transformers) turned to ``(B, T, C)``.
+
+    The layout of a 3-D output is the one the model declares or the caller gives
+    (``ctx.batch_first``), never guessed from sizes (the input of a token-first model has its
+    tokens first too, and the batch size may equal the number of tokens): an unknown layout is
+    refused, asking for ``batch_first=``. Sizes stay symbolic (no ``int()``), so a dynamic batch
+    exports.
+    """
+    if t.dim() == 3:
+        if ctx.batch_first is None:
+            raise HeadkitError(
+                f"layer {key!r} gives {fmt_shape(t.shape)} and the model does not say whether its "
+                "batch comes first (modules of the model declare batch_first=False, none inside "
+                "this layer); pass batch_first=True for (B, T, C) outputs or batch_first=False "
+                "for (T, B, C)"
+            )
+        return t if ctx.batch_first else t.transpose(0, 1)
     b = ctx.batch
-    if b is None or t.dim() < 2 or t.shape[0] == b:
+    if b is None or t.dim() < 2:
+        return t
+    if t.shape[0] == b:
         return t
     if t.shape[1] == b:
         return t.transpose(0, 1)
@@ -126,10 +165,21 @@ def _spatial_mean(t: Tensor, layout: str) -> Tensor:
     return t.mean(dim=tuple(range(2, t.dim())))
 
 
+def _tracing() -> bool:
+    """Inside ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` (no value may be read)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return (
+        torch.compiler.is_compiling()
+        or bool(is_exporting is not None and is_exporting())
+        or torch._C._get_tracing_state() is not None
+    )
+
+
 def _token_mask(t: Tensor, ctx: PoolContext, key: object, pool: str) -> Tensor | None:
     """The ``(B, T)`` float mask of real tokens of a token output, or None (all real)."""
     if ctx.mask is None:
-        if ctx.text and ctx.pad_id is not None and ctx.input_ids is not None:
+        # the padding check reads the values: not in a traced or exported graph (a fixed graph)
+        if ctx.text and ctx.pad_id is not None and ctx.input_ids is not None and not _tracing():
             ids = ctx.input_ids
             if ids.dim() == 2 and ids.shape[1] == t.shape[1] and bool((ids == ctx.pad_id).any()):
                 raise HeadkitError(

@@ -12,9 +12,21 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ._errors import HeadkitError
+from .._errors import HeadkitError, first_line
+from .outputs import (
+    check_folder,
+    check_outputs,
+    check_store_space,
+    fallback_path,
+    printable_streams,
+    show,
+    why_not,
+    write_atomic,
+    write_text,
+)
 
 __all__ = ["main"]
 
@@ -22,7 +34,7 @@ _METRICS = ("linear", "knn", "rankme", "unevenness")
 
 
 def _version() -> str:
-    from . import __version__
+    from .._version import __version__
 
     return f"headkit {__version__}"
 
@@ -140,20 +152,43 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--store",
         default=None,
-        help="folder for memory-mapped features (for data larger than memory)",
+        help="folder for memory-mapped features (for data larger than memory); its free space "
+        "is checked before the sweep",
     )
-    s.add_argument("--out", default=None, help="write the report as JSON here")
-    s.add_argument("--plot", default=None, help="write a plot here (needs matplotlib)")
+    s.add_argument(
+        "--out",
+        default=None,
+        help="write the report as JSON here (checked before any work, written atomically)",
+    )
+    s.add_argument(
+        "--plot", default=None, help="write a plot here (.png, .pdf, .svg; needs matplotlib)"
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``headkit`` command; returns the exit status."""
+    """Entry point of the ``headkit`` command; returns the exit status.
+
+    Args:
+        argv: the arguments (``["sweep", "--model", ...]``); None reads ``sys.argv``.
+
+    Returns:
+        0 on success; 2 for bad input (one line on standard error); 130 when interrupted.
+
+    Example:
+        >>> from headkit.cli import main
+        >>> main(["sweep", "--model", "timm:resnet18", "--data", "/no/such/folder"])
+        2
+    """
+    printable_streams()
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from ._demo import run_demo
+            from .demo import run_demo
+
+            if not args.no_plot:
+                check_folder("--out", args.out)
 
             run_demo(
                 seeds=1 if args.smoke else args.seeds,
@@ -282,16 +317,24 @@ def _choose_size(
     return data_hw, why
 
 
-def _trial(model: Any, layers: Any, pool: str, x: Any, dev: Any) -> BaseException | None:
-    """Run the tap once on a couple of images; the error, if the model rejects them."""
+def _trial(
+    model: Any, layers: Any, pool: str, x: Any, dev: Any, dims: dict[str, int] | None = None
+) -> BaseException | None:
+    """Run the tap once on a couple of images; the error, if the model rejects them. ``dims``
+    gets the feature width of each layer (for the ``--store`` size estimate)."""
     import torch
 
-    from ._tap import LayerTap
+    from .._layers.tap import LayerTap
 
     tap = LayerTap(model, layers, pool=pool, detach=True)  # type: ignore[arg-type]
     try:
         with torch.no_grad():
-            tap(x.to(dev))
+            out = tap(x.to(dev))
+        if dims is not None:
+            dims.clear()
+            for k, v in out.items():
+                if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0]:
+                    dims[str(k)] = int(v.numel() // v.shape[0])
     except HeadkitError:
         raise
     except Exception as err:
@@ -301,48 +344,87 @@ def _trial(model: Any, layers: Any, pool: str, x: Any, dev: Any) -> BaseExceptio
     return None
 
 
-def _first_line(err: BaseException) -> str:
-    return ((str(err).strip().splitlines() or [type(err).__name__])[0])[:200]
+# ----------------------------------------------------------------------------- headkit sweep
+
+
+@dataclass
+class _Data:
+    src: Any
+    test_src: Any
+    split_text: str
+    drawn: str
+    train_idx: Any
+    test_idx: Any
+    class_counts: dict[str, list[int]]
+
+
+@dataclass
+class _Setup:
+    hw: tuple[int, int]
+    why: str
+    layers: list[Any]
+    layers_text: str
+    pool: Any
+    pool_why: str
+    channels: int
+    train_ds: Any
+    test_ds: Any
+    dims: dict[str, int]
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from ._data import open_images, skipped_message, stratified_sample, stratified_split
-    from ._model import default_layers, load_checkpoint, num_prefix_tokens
-    from ._zoo import build_model, first_channels
-
     t0 = time.time()
+    say = print
     for name in ("--batch-size", "--max-samples", "--size"):
         _check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.workers < 0:
         raise HeadkitError(f"--workers must be >= 0, got {args.workers}")
+    existing = check_outputs(args)
     dev = _device(args.device)
-    say = print
+    data = _load_data(args, say)
+    model, mf, weights = _build(args, say)
+    model.to(dev)
+    setup = _prepare(args, model, mf, data, dev)
+    _say_setup(args, data, mf, setup, dev, say)
+    report = _run(args, model, data, setup, dev)
+    report.info.update(_info(args, data, setup, weights, dev, time.time() - t0))
+    return _write_outputs(args, report, existing, time.time() - t0, say)
 
-    # ------------------------------------------------------------------ data (first: cheap to check)
+
+def _load_data(args: argparse.Namespace, say: Any) -> _Data:
+    """Open ``--data`` (and ``--test-data``), draw and split; nothing decoded yet."""
+    import torch
+
+    from .data import open_images
+    from .draws import stratified_sample, stratified_split
+    from .images import conversion_message, skipped_message
+
     src = open_images(args.data)
     if src.facts.skipped:
         say(f"warning: {skipped_message(src.facts)}")
+    if conversion_message(src.facts.modes):
+        say(f"images: {conversion_message(src.facts.modes)}")
     test_src = None
     split_text = ""
     if args.test_data:
         if os.path.exists(args.test_data) and os.path.samefile(args.test_data, args.data):
             raise HeadkitError(
-                f"--test-data {args.test_data!r} is --data itself: the probes would be scored "
-                "on the images they were trained on; leave --test-data out to hold out a "
+                f"--test-data {show(args.test_data)!r} is --data itself: the probes would be "
+                "scored on the images they were trained on; leave --test-data out to hold out a "
                 "stratified 20%"
             )
         test_src = open_images(args.test_data)
         if test_src.facts.skipped:
             say(f"warning: {skipped_message(test_src.facts)}")
+        if conversion_message(test_src.facts.modes):
+            say(f"test images: {conversion_message(test_src.facts.modes)}")
         if test_src.facts.classes != src.facts.classes:
             raise HeadkitError(
-                f"--test-data {args.test_data!r} has classes {test_src.facts.classes[:6]}, "
-                f"--data has {src.facts.classes[:6]}: they must be the same"
+                f"--test-data {show(args.test_data)!r} has classes "
+                f"{test_src.facts.classes[:6]}, --data has {src.facts.classes[:6]}: they must "
+                "be the same"
             )
-        split_text = f"--test-data {args.test_data}"
+        split_text = f"--test-data {show(args.test_data)}"
     elif src.test is not None:
         test_src = src.test
         split_text = "the .npz's own x_test/y_test"
@@ -370,8 +452,14 @@ def _sweep(args: argparse.Namespace) -> int:
         "train": torch.bincount(labels[train_idx], minlength=n_classes).tolist(),
         "test": torch.bincount(test_labels, minlength=n_classes).tolist(),
     }
+    return _Data(src, test_src, split_text, drawn, train_idx, test_idx, class_counts)
 
-    # ------------------------------------------------------------------ model and weights
+
+def _build(args: argparse.Namespace, say: Any) -> tuple[Any, Any, str]:
+    """The model, its facts and where its weights came from (``--checkpoint`` loaded)."""
+    from .._layers.checkpoint import load_checkpoint
+    from .zoo import build_model
+
     model, mf = build_model(args.model)
     say(f"model: {args.model}" + (f", {mf.note}" if mf.note else ""))
     weights = "random weights"
@@ -394,23 +482,23 @@ def _sweep(args: argparse.Namespace) -> int:
             "warning: no --checkpoint: the model has random weights, so the numbers describe an "
             "untrained network"
         )
-    model.to(dev)
+    return model, mf, weights
 
-    # ------------------------------------------------------------------ input size and channels
+
+def _prepare(args: argparse.Namespace, model: Any, mf: Any, data: _Data, dev: Any) -> _Setup:
+    """Input size, channels, layers and pooling; a trial forward on two images."""
+    import torch
+    from torch.utils.data import Subset
+
+    from .._layers.model import default_layers, fitting_pool
+    from .zoo import first_channels
+
+    src, test_src = data.src, data.test_src
     channels = mf.channels or first_channels(model)
     hw, why = _choose_size(args.size, src.facts.image_size, mf.input_size, mf.fixed_size)
     layers = [_layer_spec(t) for t in args.layers] if args.layers else default_layers(model)
     layers_text = "given" if args.layers else "default"
-    pool, pool_why = args.pool, "--pool"
-    if pool is None:
-        npt = num_prefix_tokens(model)
-        if npt:
-            pool, pool_why = (
-                "mean",
-                f"mean over the patch tokens: the model has {npt} class/register token(s)",
-            )
-        else:
-            pool, pool_why = "avg", "average over positions"
+    pool, pool_why = (args.pool, "--pool") if args.pool is not None else fitting_pool(model)
 
     def datasets(size: tuple[int, int]) -> tuple[Any, Any]:
         # no resize where the images already have the size: one of another size then raises
@@ -418,40 +506,46 @@ def _sweep(args: argparse.Namespace) -> int:
             resize = None if (args.size is None and size == s.facts.image_size) else size
             return s.dataset(size=resize, channels=channels, mean=mf.mean, std=mf.std)
 
-        return Subset(make(src), train_idx.tolist()), Subset(
-            make(test_src or src), test_idx.tolist()
+        return Subset(make(src), data.train_idx.tolist()), Subset(
+            make(test_src or src), data.test_idx.tolist()
         )
 
+    dims: dict[str, int] = {}
     train_ds, test_ds = datasets(hw)
     probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
-    err = _trial(model, layers, pool, probe, dev)
+    err = _trial(model, layers, pool, probe, dev, dims)
     if err is not None:
         if args.size is None and mf.input_size is not None and mf.input_size != hw:
             old = hw
             hw = mf.input_size
             why = (
-                f"the model rejected {_fmt_hw(old)} inputs ({_first_line(err)}); its configured "
+                f"the model rejected {_fmt_hw(old)} inputs ({first_line(err)}); its configured "
                 f"{_fmt_hw(hw)} (--size N to choose)"
             )
             train_ds, test_ds = datasets(hw)
             probe = torch.stack([train_ds[i][0] for i in range(min(2, len(train_ds)))])
-            err = _trial(model, layers, pool, probe, dev)
+            err = _trial(model, layers, pool, probe, dev, dims)
         if err is not None:
             raise HeadkitError(
-                f"{args.model} fails on {_fmt_hw(hw)} inputs: {_first_line(err)}"
+                f"{args.model} fails on {_fmt_hw(hw)} inputs: {first_line(err)}"
                 + ("" if args.size else "; pass --size N to resize the images")
             )
+    return _Setup(hw, why, layers, layers_text, pool, pool_why, channels, train_ds, test_ds, dims)
 
-    src_hw = src.facts.image_size
+
+def _say_setup(
+    args: argparse.Namespace, data: _Data, mf: Any, setup: _Setup, dev: Any, say: Any
+) -> None:
+    src = data.src
     say(
-        f"data: {src.facts.n} images, {n_classes} classes, {_fmt_hw(src_hw)} px, "
-        f"{src.facts.channels} channel(s), from {src.facts.source} ({src.facts.note})"
-        + (f"; {drawn}" if drawn else "")
+        f"data: {src.facts.n} images, {len(src.facts.classes)} classes, "
+        f"{_fmt_hw(src.facts.image_size)} px, {src.facts.channels} channel(s), from "
+        f"{show(src.facts.source)} ({src.facts.note})" + (f"; {data.drawn}" if data.drawn else "")
     )
-    say(f"split: {split_text}: train {len(train_ds)}, test {len(test_ds)}")
-    grey = src.facts.channels == 1 and channels == 3
+    say(f"split: {data.split_text}: train {len(setup.train_ds)}, test {len(setup.test_ds)}")
+    grey = src.facts.channels == 1 and setup.channels == 3
     say(
-        f"input: {_fmt_hw(hw)} ({why})"
+        f"input: {_fmt_hw(setup.hw)} ({setup.why})"
         + ("; grey images repeated to 3 channels" if grey else "")
         + f"; normalised with mean {tuple(round(v, 3) for v in mf.mean)}, std "
         f"{tuple(round(v, 3) for v in mf.std)}"
@@ -460,79 +554,140 @@ def _sweep(args: argparse.Namespace) -> int:
         f"device: {_device_name(dev)}, batch {args.batch_size}, workers {args.workers}"
         + (", bf16 autocast" if args.amp else "")
     )
-    say(f"layers ({layers_text}): {', '.join(str(x) for x in layers)}; pool: {pool} ({pool_why})")
+    say(
+        f"layers ({setup.layers_text}): {', '.join(str(x) for x in setup.layers)}; pool: "
+        f"{setup.pool} ({setup.pool_why})"
+    )
+    if args.store:
+        n = len(setup.train_ds) + len(setup.test_ds)
+        say(f"store: {show(args.store)}: {check_store_space(args.store, n, setup.dims)}")
 
-    # ------------------------------------------------------------------ the sweep
+
+def _run(args: argparse.Namespace, model: Any, data: _Data, setup: _Setup, dev: Any) -> Any:
+    """The layer sweep itself."""
+    from torch.utils.data import DataLoader
+
+    from ..probe import layer_sweep
+
     pin = dev.type == "cuda"
     loader = DataLoader(
-        train_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
+        setup.train_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
     )
     test_loader = DataLoader(
-        test_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
+        setup.test_ds, batch_size=args.batch_size, num_workers=args.workers, pin_memory=pin
     )
-    from .probe import layer_sweep
-
     kwargs: dict[str, Any] = {}
     if args.amp:
         kwargs["amp"] = True
     if args.store:
         kwargs["store"] = args.store
-    report = layer_sweep(
+    return layer_sweep(
         model,
         loader,
         test_loader,
-        layers=layers,
+        layers=setup.layers,
         metrics=tuple(args.metrics),
-        pool=pool,
+        pool=setup.pool,
         device=dev,
         seed=args.seed,
         progress=not args.no_progress,
         **kwargs,
     )
-    secs = time.time() - t0
-    report.info.update(
-        {
-            "model": args.model,
-            "weights": weights,
-            "checkpoint": args.checkpoint,
-            "strict": not args.non_strict,
-            "data": src.facts.as_dict(),
-            "test_data": test_src.facts.as_dict() if test_src is not None else None,
-            "split": split_text,
-            "max_samples": args.max_samples,
-            "n_train": len(train_ds),
-            "n_test": len(test_ds),
-            "classes": n_classes,
-            "class_names": src.facts.classes,
-            "class_counts": class_counts,
-            "input_size": list(hw),
-            "input_size_reason": why,
-            "pool_reason": pool_why,
-            "layers_given": bool(args.layers),
-            "image_size": list(src_hw) if src_hw else None,
-            "device": str(dev),
-            "amp": bool(args.amp),
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "time_s": round(secs, 1),
-        }
-    )
-    say("")
-    say(report.table())
-    _verdicts(report, say)
-    say(f"done in {secs:.0f} s")
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report.to_json())
-        say(f"report written to {args.out}")
+
+
+def _info(
+    args: argparse.Namespace, data: _Data, setup: _Setup, weights: str, dev: Any, secs: float
+) -> dict[str, Any]:
+    src, test_src = data.src, data.test_src
+    src_hw = src.facts.image_size
+    return {
+        "model": args.model,
+        "weights": weights,
+        "checkpoint": args.checkpoint,
+        "strict": not args.non_strict,
+        "data": src.facts.as_dict(),
+        "test_data": test_src.facts.as_dict() if test_src is not None else None,
+        "split": data.split_text,
+        "max_samples": args.max_samples,
+        "n_train": len(setup.train_ds),
+        "n_test": len(setup.test_ds),
+        "classes": len(src.facts.classes),
+        "class_names": src.facts.classes,
+        "class_counts": data.class_counts,
+        "input_size": list(setup.hw),
+        "input_size_reason": setup.why,
+        "pool_reason": setup.pool_why,
+        "layers_given": bool(args.layers),
+        "image_size": list(src_hw) if src_hw else None,
+        "device": str(dev),
+        "amp": bool(args.amp),
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "time_s": round(secs, 1),
+    }
+
+
+def _write_outputs(
+    args: argparse.Namespace, report: Any, existing: dict[str, bool], secs: float, say: Any
+) -> int:
+    """Print the results and write ``--out`` / ``--plot`` atomically. Whatever fails here, the
+    results are kept: the JSON goes to a fallback file the error names."""
+    problems: list[str] = []
+    text: str | None = None
+    try:
+        text = report.to_json()
+    except Exception as err:
+        problems.append(f"the JSON report could not be made ({why_not(err)})")
+    try:
+        say("")
+        say(report.table())
+        _verdicts(report, say)
+        say(f"done in {secs:.0f} s")
+    except Exception as err:
+        problems.append(f"the results could not be printed ({why_not(err)})")
+    saved = None
+    if args.out and text is not None:
+        try:
+            write_text(args.out, text)
+            saved = args.out
+            if existing.get("--out"):
+                print(
+                    f"headkit sweep: note: replaced the existing file {show(args.out)!r}",
+                    file=sys.stderr,
+                )
+            say(f"report written to {show(args.out)}")
+        except Exception as err:
+            problems.append(f"--out {show(args.out)!r} could not be written ({why_not(err)})")
     if args.plot:
-        say(f"plot written to {report.plot(args.plot)}")
-    return 0
+        try:
+            fig = report.figure()
+            write_atomic(args.plot, lambda tmp: fig.savefig(tmp, dpi=120))
+            if existing.get("--plot"):
+                print(
+                    f"headkit sweep: note: replaced the existing file {show(args.plot)!r}",
+                    file=sys.stderr,
+                )
+            say(f"plot written to {show(args.plot)}")
+        except Exception as err:
+            problems.append(f"--plot {show(args.plot)!r} could not be written ({why_not(err)})")
+    if not problems:
+        return 0
+    if saved is None and text is not None:
+        fallback = fallback_path("headkit-report")
+        try:
+            write_text(fallback, text)
+            saved = fallback
+        except Exception as err:
+            problems.append(f"the fallback {show(fallback)!r} failed too ({why_not(err)})")
+    kept = (
+        f"the report was saved to {show(saved)}" if saved else "the results are printed above only"
+    )
+    raise HeadkitError(f"{'; '.join(problems)}; {kept}")
 
 
 def _verdicts(report: Any, say: Any) -> None:
     """One line per metric: the best layer, its direction, and the layers tied with it."""
-    from .probe import METRICS
+    from ..probe import METRICS
 
     for m in report.metrics:
         vals = [v for v in report.metrics[m] if v is not None and not math.isnan(v)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -12,23 +11,27 @@ import torch.fx
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from ._errors import HeadkitError
-from ._fx import trace as _trace
-from ._fx import within as _within
-from ._model import (
+from .._errors import HeadkitError
+from .fx import trace as _trace
+from .fx import within as _within
+from .hooks import copy_module_tree, in_backward, pick_call
+from .model import (
     Call,
     Hint,
     LayerSpec,
-    Target,
     block_lists,
     channel_hint,
     check_module,
-    num_prefix_tokens,
-    parse_targets,
+    declared_layout,
+    library,
+    pad_token_id,
+    strip_wrapper_prefix,
     unwrap,
 )
-from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix
-from ._tap import _in_backward, copy_module_tree
+from .model import num_prefix_tokens as prefix_tokens_of
+from .pool import Pool, PoolContext, apply_pool, check_batch_first, check_pool, needs_prefix
+from .run import positional_params, timm_options
+from .specs import Target, parse_targets
 
 __all__ = ["Truncated", "truncate_at"]
 
@@ -72,22 +75,14 @@ class _CutState:
             self.stop_at = None
 
     def _index(self, n: int) -> int:
-        c = self.call
-        if c is None:
-            if n > 1:
-                raise HeadkitError(
-                    f"truncate_at: module {self.target!r} ran {n} times in one forward (a shared "
-                    "or weight-tied module); say which call to cut at: call=0 (the first), "
-                    f"call=-1 (the last), or '{self.target}@-1'"
-                )
-            return 0
-        assert isinstance(c, int)
-        k = c + n if c < 0 else c
-        if not 0 <= k < n:
-            raise HeadkitError(
-                f"truncate_at: call {c} of {self.target!r}, which ran {n} time(s) in one forward"
-            )
-        return k
+        assert self.call is None or isinstance(self.call, int)
+        return pick_call("truncate_at", self.target, self.call, n)
+
+
+def _exporting() -> bool:
+    """Inside ``torch.export`` (where the forward must end normally)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
 
 
 class _StopHook:
@@ -98,7 +93,7 @@ class _StopHook:
         self.pre = pre
 
     def __call__(self, module: nn.Module, args: Any, *rest: Any) -> None:
-        if _in_backward():
+        if in_backward():
             return
         st = self.state
         if self.pre:
@@ -115,6 +110,9 @@ class _StopHook:
         n = st.count
         st.count += 1
         if st.stop_at is not None and n == st.stop_at:
+            if _exporting():  # an exception through the modules breaks torch.export's tracing
+                st.values[n] = value
+                return
             raise _CutStop(value)
         if st.calibrating:
             st.values[n] = value
@@ -127,7 +125,7 @@ class _EndHook:
         self.state = state
 
     def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
-        if self.state.calibrating and not _in_backward():
+        if self.state.calibrating and not in_backward():
             raise _PastCut("end of the kept blocks")
 
 
@@ -156,6 +154,11 @@ class _DropKeys:
         self.own = own
         self.dropped = dropped
 
+    @property
+    def known(self) -> frozenset[str]:
+        """Every key of the uncut model below the cut's prefix."""
+        return self.own | self.dropped
+
     def __call__(
         self,
         module: nn.Module,
@@ -171,11 +174,10 @@ class _DropKeys:
         for key in list(state_dict):
             if not key.startswith(prefix):
                 continue
-            rel = key[len(prefix) :]
-            for wrap in ("module.", "_orig_mod."):
-                if rel.startswith(wrap) and rel not in self.own and rel not in self.dropped:
-                    state_dict[prefix + rel[len(wrap) :]] = state_dict.pop(key)
-                    key, rel = prefix + rel[len(wrap) :], rel[len(wrap) :]
+            rel = strip_wrapper_prefix(key[len(prefix) :], self.known)
+            if prefix + rel != key:
+                state_dict[prefix + rel] = state_dict.pop(key)
+                key = prefix + rel
             if rel in self.dropped:
                 del state_dict[key]
                 skipped.append(rel)
@@ -195,6 +197,9 @@ class _LoadResult(_IncompatibleKeys):
         return f"{base[:-1]}, skipped_keys={len(self.skipped_keys)} keys of the removed part>"
 
     __str__ = __repr__
+
+
+_NO_INPUT: Any = type("_NoInput", (), {"__repr__": lambda self: "<no input>"})()
 
 
 class Truncated(nn.Module):
@@ -251,6 +256,7 @@ class Truncated(nn.Module):
         pad_id: int | None = None,
         training: bool = True,
         npt_given: bool = False,
+        layout: bool | None = True,
     ) -> None:
         super().__init__()
         # the implementation's modules, parameters and buffers ARE the cut's (one dict each):
@@ -267,6 +273,7 @@ class Truncated(nn.Module):
         self.npt = npt
         self.npt_given = npt_given
         self.hint = hint
+        self.layout = layout
         self.total_params = total_params
         self.runner = runner
         self.state = state
@@ -303,7 +310,14 @@ class Truncated(nn.Module):
             f"{self.total_params:,} parameters"
         )
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, x: Any = _NO_INPUT, *args: Any, **kwargs: Any) -> Any:
+        """The layer's output (pooled as asked) for the model's inputs.
+
+        The first input is named ``x`` (any model's first positional input), so a dynamic batch
+        exports as ``torch.export.export(cut, (x,), dynamic_shapes={"x": {0: Dim("batch")}})``.
+        """
+        if x is not _NO_INPUT:
+            args = (x, *args)
         impl = self._impl
         if self.route == "timm":
             out = impl.forward_intermediates(*args, **kwargs, **self.runner)[0]
@@ -331,6 +345,10 @@ class Truncated(nn.Module):
             pass
         finally:
             calibrating, st.calibrating = st.calibrating, False
+        if not calibrating and st.stop_at is not None and st.stop_at in st.values:
+            value = st.values.pop(st.stop_at)  # torch.export: the forward ran to its end
+            st.values = {}
+            return value
         if not calibrating:
             raise HeadkitError(
                 f"truncate_at: {self.target.describe()} ran {st.count} time(s), not the call to "
@@ -351,12 +369,9 @@ class Truncated(nn.Module):
         bound.update(kwargs)
         mask = bound.get("attention_mask")
         ids = bound.get("input_ids")
+        # the batch size stays symbolic (no int()): a dynamic batch exports and traces
         batch = next(
-            (
-                int(v.shape[0])
-                for v in (*args, *kwargs.values())
-                if isinstance(v, Tensor) and v.dim()
-            ),
+            (v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()),
             None,
         )
         return PoolContext(
@@ -368,6 +383,7 @@ class Truncated(nn.Module):
             input_ids=ids if isinstance(ids, Tensor) else None,
             hint=self.hint,
             npt_given=self.npt_given,
+            batch_first=self.layout,
         )
 
 
@@ -381,17 +397,8 @@ def _cut_node(graph: torch.fx.Graph, t: Target) -> tuple[torch.fx.Node | None, b
     calls = [n for n in graph.nodes if n.op == "call_module"]
     exact = [n for n in calls if n.target == target]
     if exact:
-        if t.call is None and len(exact) > 1:
-            raise HeadkitError(
-                f"truncate_at: module {target!r} runs {len(exact)} times in one forward (a shared "
-                "or weight-tied module); say which call to cut at: call=0 (the first), call=-1 "
-                f"(the last), or '{target}@-1'"
-            )
-        k = 0 if t.call is None else int(t.call)
-        if not -len(exact) <= k < len(exact):
-            raise HeadkitError(
-                f"truncate_at: call {t.call} of {target!r}, which runs {len(exact)} time(s)"
-            )
+        call = None if t.call is None else int(t.call)
+        k = pick_call("truncate_at", target, call, len(exact), static=True)
         node = exact[k]
         if t.pre:
             first = node.args[0] if node.args else None
@@ -535,14 +542,6 @@ def _cut_blocks(clone: nn.Module, inner: nn.Module, target: str) -> str | None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def _arg_names(model: nn.Module) -> tuple[str, ...]:
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return ()
-    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
 def truncate_at(
     model: nn.Module,
     layer: LayerSpec,
@@ -550,6 +549,7 @@ def truncate_at(
     pool: Pool = None,
     num_prefix_tokens: int | None = None,
     call: Call = None,
+    batch_first: bool | None = None,
 ) -> Truncated:
     """Cut ``model`` at ``layer``: a new module whose forward returns that layer's output.
 
@@ -588,6 +588,8 @@ def truncate_at(
         pool: pooling, as for `LayerTap`.
         num_prefix_tokens: as for `LayerTap`.
         call: which call of a module that runs several times, as for `LayerTap`.
+        batch_first: the layout of a 3-D output for the pool, as for `LayerTap` (None: as the
+            model declares it; a layout it does not declare is refused, never guessed).
 
     Returns:
         The `Truncated` module (train / eval mode of the original).
@@ -609,7 +611,8 @@ def truncate_at(
         144
     """
     inner = unwrap(check_module(model, "truncate_at"))
-    pool = check_pool(pool)
+    pool = check_pool(pool, inner)
+    batch_first = check_batch_first(batch_first)
     if call == "all":
         raise HeadkitError("truncate_at returns one output: call must be None or an int, not 'all'")
     targets = parse_targets(inner, layer, call)
@@ -629,33 +632,30 @@ def truncate_at(
         "pool": pool,
         "total_params": total,
         "original_keys": original_keys,
-        "arg_names": _arg_names(inner),
-        "pad_id": _pad_id(inner),
+        "arg_names": positional_params(inner),
+        "pad_id": pad_token_id(inner),
         "training": inner.training,
     }
     if t.index is not None:
         clone: Any = copy_module_tree(inner)
         clone.prune_intermediate_layers(indices=[t.index], prune_norm=True, prune_head=True)
-        fi: Any = inner.forward_intermediates
-        params = inspect.signature(fi).parameters
-        opts: dict[str, Any] = {"indices": [t.index], "intermediates_only": True}
-        if "stop_early" in params:
-            opts["stop_early"] = True
-        if needs_prefix(pool) and "return_prefix_tokens" in params:
-            opts["return_prefix_tokens"] = True
+        opts = timm_options(
+            inner, [t.index], with_output=False, stop_early=True, prefix=needs_prefix(pool)
+        )
         return Truncated(clone, route="timm", npt=0, hint=None, runner=opts, **common)
     name = str(t.name)
     module = inner.get_submodule(name)
-    npt = num_prefix_tokens if num_prefix_tokens is not None else _npt(inner, name)
+    npt = num_prefix_tokens if num_prefix_tokens is not None else prefix_tokens_of(inner, name)
     common["npt"] = npt
     common["npt_given"] = num_prefix_tokens is not None
     common["hint"] = channel_hint(module, pre=t.pre)
+    common["layout"] = batch_first if batch_first is not None else declared_layout(inner, name)
     # every route works on a copy of the module tree (the same parameters and buffers): the
     # cut's train()/eval() and hooks never reach the user's modules
     clone = copy_module_tree(inner)
     if isinstance(clone, nn.Sequential) and name in clone._modules:
         return Truncated(_sequential(clone, t), route="sequential", **common)
-    lib = type(inner).__module__.split(".", 1)[0]
+    lib = library(inner)
     end = _cut_blocks(clone, inner, name) if lib in ("transformers", "open_clip") else None
     if end is not None:
         return _hooked(clone, t, "blocks", common, end=end)
@@ -667,31 +667,14 @@ def truncate_at(
     return _hooked(clone, t, "hook", common)
 
 
-def _npt(inner: nn.Module, name: str) -> int | None:
-    return num_prefix_tokens(inner, name)
-
-
-def _pad_id(inner: nn.Module) -> int | None:
-    pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
-    return pad if isinstance(pad, int) else None
-
-
 def _sequential(inner: nn.Sequential, t: Target) -> nn.Sequential:
     names = list(inner._modules)
     mods = list(inner._modules.values())
     target = inner._modules[str(t.name)]
     positions = [i for i, m in enumerate(mods) if m is target]
-    if len(positions) > 1 and t.call is None:
-        raise HeadkitError(
-            f"truncate_at: module {t.name!r} runs {len(positions)} times in one forward (it is "
-            f"registered under {[names[i] for i in positions]}); say which call to cut at: "
-            f"call=0, call=-1, or '{t.name}@-1'"
-        )
-    k = 0 if t.call is None else int(t.call)
-    if not -len(positions) <= k < len(positions):
-        raise HeadkitError(
-            f"truncate_at: call {t.call} of {t.name!r}, which runs {len(positions)} time(s)"
-        )
+    where = f", registered under {[names[i] for i in positions]}" if len(positions) > 1 else ""
+    call = None if t.call is None else int(t.call)
+    k = pick_call("truncate_at", str(t.name), call, len(positions), where, static=True)
     pos = positions[k]
     end = pos if t.pre else pos + 1
     kept: OrderedDict[str, nn.Module] = OrderedDict()

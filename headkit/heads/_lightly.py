@@ -1,4 +1,4 @@
-"""Heads: `MLPHead` (with presets), `ReweightHead`, and conversion from lightly's heads."""
+"""`from_lightly`: a lightly head instance, weights included, as an `MLPHead`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import functools
 import torch
 from torch import nn
 
-from ._errors import HeadkitError
-from ._heads import PRESETS, MLPHead, ReweightHead
+from .._errors import HeadkitError
+from ._mlp import MLPHead
 
-__all__ = ["PRESETS", "MLPHead", "ReweightHead", "from_lightly"]
+__all__ = ["from_lightly"]
 
 _NORMS = (
     nn.modules.batchnorm._NormBase,

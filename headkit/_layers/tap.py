@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
-import sys
-import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -16,337 +12,50 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ._errors import HeadkitError, fmt_shape
-from ._fx import call_counts
-from ._model import (
+from .._errors import HeadkitError, fmt_shape
+from .fx import call_counts
+from .hooks import (
+    CALLS,
+    Enter,
+    Exit,
+    Outputs,
+    Record,
+    RecordPre,
+    Slot,
+    StopForward,
+    TapState,
+    copy_module_tree,
+    ran_twice,
+)
+from .model import (
     Call,
     Hint,
     LayerSpec,
-    Target,
+    TapInfo,
     channel_hint,
     check_module,
+    declared_layout,
     is_compiled,
     num_prefix_tokens,
-    parse_targets,
+    pad_token_id,
     unwrap,
     wrappers,
 )
-from ._pool import Pool, PoolContext, apply_pool, check_pool, needs_prefix, pick_tensor
+from .pool import (
+    Pool,
+    PoolContext,
+    apply_pool,
+    check_batch_first,
+    check_pool,
+    needs_prefix,
+    pick_tensor,
+)
+from .run import has_fsdp, index_names, run_indices, signature_params, through_ddp
+from .specs import Target, parse_targets
 
-__all__ = ["LayerTap", "TapInfo", "copy_module_tree", "feature_info", "strip_tap_hooks"]
-
-Slot = tuple[str, bool]  # (module name, pre)
-
-# call counts of tapped modules seen in complete forwards, per module object: lets tap(x) stop
-# early after the right call of a module, and know that a module runs once
-_CALLS: weakref.WeakKeyDictionary[nn.Module, dict[bool, int]] = weakref.WeakKeyDictionary()
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward early (caught by `LayerTap`)."""
-
-
-def _in_backward() -> bool:
-    """True during an activation-checkpoint recompute (inside the backward pass)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._current_autograd_node() is not None
-
-
-# ----------------------------------------------------------------------------- hooks
-# Hooks are instances of module-level classes: a model pickles while a tap is open. A copy of a
-# hook (copy.deepcopy of the model, pickle, torch.save) is an inert hook that never records
-# into the tap and never changes the copy's output.
-
-
-class _Inert:
-    """What a tap hook becomes in a copied or unpickled model: does nothing."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __repr__(self) -> str:
-        return "headkit inert hook (a copy of a LayerTap hook)"
-
-
-class _TapHook:
-    """Base of the tap hooks: copies and pickles as `_Inert`."""
-
-    state: _TapState
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Inert:
-        return _Inert()
-
-    def __copy__(self) -> _Inert:
-        return _Inert()
-
-    def __reduce__(self) -> tuple[type[_Inert], tuple[()]]:
-        return (_Inert, ())
-
-
-class _Enter(_TapHook):
-    """Forward-pre hook on the root and every ancestor of a tapped module: a forward begins
-    when the first of them is entered (per-forward call counts reset)."""
-
-    def __init__(self, state: _TapState, root: bool) -> None:
-        self.state = state
-        self.root = root
-
-    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        st = self.state
-        if st.closed or not st.active or _in_backward():
-            return
-        if st.depth == 0:
-            st.begin(module, args, kwargs, self.root)
-        st.depth += 1
-
-
-class _Exit(_TapHook):
-    """Forward hook (``always_call``) paired with `_Enter`."""
-
-    def __init__(self, state: _TapState) -> None:
-        self.state = state
-
-    def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
-        st = self.state
-        if st.closed or not st.active or _in_backward() or st.depth == 0:
-            return
-        st.depth -= 1
-        if st.depth == 0:
-            st.end(aborted=sys.exc_info()[0] is not None)
-
-
-class _Record(_TapHook):
-    """Forward hook that records a module's output."""
-
-    def __init__(self, state: _TapState, slot: Slot) -> None:
-        self.state = state
-        self.slot = slot
-
-    def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
-        st = self.state
-        if st.closed or not st.active or _in_backward():
-            return
-        st.record(self.slot, out)
-
-
-class _RecordPre(_TapHook):
-    """Forward-pre hook that records a module's input (its first positional argument, else its
-    first tensor keyword argument)."""
-
-    def __init__(self, state: _TapState, slot: Slot, clone: bool) -> None:
-        self.state = state
-        self.slot = slot
-        self.clone = clone
-
-    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        st = self.state
-        if st.closed or not st.active or _in_backward():
-            return
-        value: Any = (
-            args[0] if args else next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
-        )
-        if value is None:
-            raise HeadkitError(
-                f"LayerTap: {self.slot[0]!r} was called without an input to read (no positional "
-                "argument and no tensor keyword argument)"
-            )
-        if self.clone and isinstance(value, Tensor):
-            value = value.clone()  # the module changes its input in place
-        st.record(self.slot, value)
-
-
-# ----------------------------------------------------------------------------- state
-
-
-class _TapState:
-    """What the hooks share; the hooks hold this, not the tap, so a dropped tap is collected."""
-
-    def __init__(self, tap: LayerTap) -> None:
-        self.modules: dict[Slot, nn.Module] = {}
-        self.detach = tap.detach
-        self.closed = False
-        self.active = False
-        self.depth = 0
-        self.stopping = False  # tap(x): raise _StopForward once every target is complete
-        self.no_stop = False  # set when a stop would lose gradients (reentrant checkpoint)
-        # a full forward that only learns call counts: keep copies, as a stopped forward would
-        # return the values before any later in-place change
-        self.clone = False
-        self.grad_at_start = False
-        self.root_ran = False
-        self.any_ran = False
-        self.completed = False  # the last forward ran to its end
-        self.counts: dict[Slot, int] = {}
-        self.values: dict[Slot, dict[int, Any]] = {}
-        self.versions: dict[tuple[Slot, int], int] = {}
-        self.suspects: set[Slot] = set()
-        # what to keep per slot: every call, or these call indices
-        self.keep_all: set[Slot] = set()
-        self.keep: dict[Slot, set[int]] = {}
-        self.once: set[Slot] = set()  # call=None: a second call is an error
-        self.need: dict[Slot, int] = {}  # tap(x): calls needed before stopping
-        # the call
-        self.batch: int | None = None
-        self.mask: Tensor | None = None
-        self.input_ids: Tensor | None = None
-        self.text = False
-        self.mask_names: tuple[bool, bool] = (False, False)
-        self.signature: inspect.Signature | None = None
-
-    def clear(self) -> None:
-        self.counts.clear()
-        self.values.clear()
-        self.versions.clear()
-        self.suspects.clear()
-        self.root_ran = False
-        self.any_ran = False
-        self.completed = False
-        self.batch = None
-        self.mask = None
-        self.input_ids = None
-        self.text = False
-
-    def begin(self, module: nn.Module, args: Any, kwargs: Any, root: bool) -> None:
-        self.clear()
-        self.root_ran = root
-        self.grad_at_start = torch.is_grad_enabled()
-        self.batch = _batch_size(args, kwargs)
-        if root:
-            self._capture(args, kwargs)
-
-    def _capture(self, args: Any, kwargs: dict[str, Any]) -> None:
-        has_mask, has_ids = self.mask_names
-        if not (has_mask or has_ids):
-            return
-        bound: dict[str, Any] = dict(kwargs)
-        if args and self.signature is not None:
-            with contextlib.suppress(TypeError):
-                bound = dict(self.signature.bind_partial(*args, **kwargs).arguments)
-        mask = bound.get("attention_mask")
-        self.mask = mask if isinstance(mask, Tensor) else None
-        ids = bound.get("input_ids")
-        self.input_ids = ids if isinstance(ids, Tensor) else None
-        self.text = self.input_ids is not None
-
-    def end(self, aborted: bool) -> None:
-        if aborted or not self.root_ran:
-            return
-        self.completed = True
-        for slot, module in self.modules.items():
-            calls = _CALLS.setdefault(module, {})
-            calls[slot[1]] = self.counts.get(slot, 0)
-
-    def record(self, slot: Slot, out: Any) -> None:
-        self.any_ran = True
-        n = self.counts.get(slot, 0)
-        self.counts[slot] = n + 1
-        if slot not in self.keep_all and n not in self.keep.get(slot, ()):
-            return
-        if self.detach:
-            out = _detach(out)
-        elif self.grad_at_start and not torch.is_grad_enabled():
-            # reentrant activation checkpointing (or a no_grad block inside the model): the
-            # output may carry no gradient; checked when it is read (a checkpointed block's own
-            # output gets its gradient when the checkpoint returns: never stop, never copy)
-            self.suspects.add(slot)
-            self.no_stop = True
-        if self.clone and slot not in self.suspects:
-            out = _map_tensors(out, torch.Tensor.clone)
-        self.values.setdefault(slot, {})[n] = out
-        t, _ = pick_tensor(out)
-        if isinstance(t, Tensor) and not torch.compiler.is_compiling() and not t.is_inference():
-            self.versions[(slot, n)] = t._version
-        if self.stopping and not self.no_stop and self._complete():
-            raise _StopForward
-
-    def _complete(self) -> bool:
-        return all(self.counts.get(s, 0) >= n for s, n in self.need.items())
-
-
-def _ran_twice(slot: Slot, n: int) -> HeadkitError:
-    name, pre = slot
-    what = f"{name}:in" if pre else name
-    return HeadkitError(
-        f"LayerTap: module {name!r} ran {n} times in one forward (a shared or weight-tied "
-        f"module), and the tap did not say which call to read. Choose one: call=0 (the first), "
-        f"call=-1 (the last), call='all' (a list of every call), or per layer '{what}@-1' / "
-        f"'{what}@*'"
-    )
-
-
-def _batch_size(args: Any, kwargs: dict[str, Any]) -> int | None:
-    for v in (*args, *kwargs.values()):
-        if isinstance(v, Tensor) and v.dim() >= 1:
-            return int(v.shape[0])
-    return None
-
-
-def _map_tensors(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(out, Tensor):
-        return fn(out)
-    if isinstance(out, tuple) and hasattr(out, "_fields"):
-        return type(out)(*(_map_tensors(o, fn) for o in out))
-    if isinstance(out, tuple):
-        return tuple(_map_tensors(o, fn) for o in out)
-    if isinstance(out, list):
-        return [_map_tensors(o, fn) for o in out]
-    if isinstance(out, dict):
-        d = copy.copy(out)
-        for k, v in out.items():
-            d[k] = _map_tensors(v, fn)
-        return d
-    return out
-
-
-def _detach(out: Any) -> Any:
-    return _map_tensors(out, torch.Tensor.detach)
-
+__all__ = ["LayerTap"]
 
 # ----------------------------------------------------------------------------- public types
-
-
-@dataclass(frozen=True)
-class TapInfo:
-    """Shape and dtype of one tap, from a dry run on the meta device.
-
-    Attributes:
-        shape: output shape, batch dimension included (of the pooled output when pooled).
-        dtype: output dtype.
-        layer: the module name or timm index the tap reads.
-        element: which part of a module output that is not a tensor was read, e.g.
-            ``"element 0 of a tuple of 2"`` (Hugging Face blocks), or None.
-        num_prefix_tokens: the prefix tokens a token pool skips at this layer (None: unknown).
-        pre: the tap reads the module's input (a ``"name:in"`` spec).
-
-    Example:
-        >>> from torch import nn
-        >>> from headkit import feature_info
-        >>> info = feature_info(nn.Sequential(nn.Linear(3, 5)), ["0"], (2, 3))["0"]
-        >>> info.shape, info.dtype
-        ((2, 5), torch.float32)
-    """
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    layer: int | str
-    element: str | None = None
-    num_prefix_tokens: int | None = None
-    pre: bool = False
-
-
-class _Outputs(dict[LayerSpec, Any]):
-    """The recorded outputs; a missing key explains why it is missing."""
-
-    def __init__(self, tap: LayerTap) -> None:
-        super().__init__()
-        self._tap = weakref.ref(tap)
-
-    def __missing__(self, key: LayerSpec) -> Any:
-        tap = self._tap()
-        if tap is None:
-            raise KeyError(key)
-        raise tap._missing_error(key)
 
 
 class LayerTap:
@@ -404,7 +113,9 @@ class LayerTap:
         layers: list of layer specs (a single spec is accepted too).
         pool: None (raw), ``"avg"`` (mean over spatial or token positions), ``"flatten"``,
             ``"cls"`` (class token), ``"mean"`` (patch tokens only: prefix / register tokens
-            excluded, their number read from the model), ``"cls+mean"``, or a callable. Token
+            excluded, their number read from the model), ``"cls+mean"``, ``"auto"`` (the pool
+            that fits the model: ``"mean"`` where it has prefix tokens, else ``"avg"``; the
+            same rule as ``headkit sweep``), or a callable. Token
             means honour the ``attention_mask`` passed with the call. Outputs that are tuples or
             ``ModelOutput``s are pooled on their first tensor (`feature_info` says so).
         detach: record without autograd history. Otherwise gradients flow through the outputs.
@@ -413,6 +124,13 @@ class LayerTap:
             not say (it is read from the model otherwise).
         call: which call of a module that runs several times to read, for specs without ``@``:
             None (it must run once), an int (negative from the end) or ``"all"``.
+        batch_first: the layout of 3-D outputs for the pools: True ``(B, T, C)``, False
+            ``(T, B, C)``. None: as the model declares it (timm and Hugging Face models are
+            batch-first; else the ``batch_first`` of the ``nn.MultiheadAttention`` /
+            ``nn.TransformerEncoderLayer`` / RNN / open_clip modules inside the layer;
+            batch-first when no module of the model says ``batch_first=False``). Never guessed
+            from sizes: a 3-D output whose layout the model does not declare is refused, asking
+            for this argument.
 
     Shapes:
         ``tap(x)`` -> dict of tensors: ``(B, C, H, W)`` / ``(B, T, C)`` raw, ``(B, C)`` pooled.
@@ -441,6 +159,7 @@ class LayerTap:
         stop_early: bool = True,
         num_prefix_tokens: int | None = None,
         call: Call = None,
+        batch_first: bool | None = None,
     ) -> None:
         model = check_module(model, "LayerTap")
         specs: list[LayerSpec] = [layers] if isinstance(layers, (int, str)) else list(layers)
@@ -458,10 +177,11 @@ class LayerTap:
         self.inner = unwrap(model)
         self.wrappers = wrappers(model)
         self.compiled = is_compiled(model) or (self.inner is not model and is_compiled(self.inner))
-        self.pool = check_pool(pool)
+        self.pool = check_pool(pool, self.inner)
         self.detach = bool(detach)
         self.stop_early = bool(stop_early)
         self.npt_override = num_prefix_tokens
+        self.batch_first = check_batch_first(batch_first)
         self.call = call
         self.specs = specs
         self.targets: list[Target] = []
@@ -472,11 +192,11 @@ class LayerTap:
         self._slots: list[Slot] = list(
             dict.fromkeys(t.slot for t in self.targets if t.index is None)
         )
-        self._state = _TapState(self)
+        self._state = TapState(self)
         self._handles: list[RemovableHandle] = []
-        self._outputs = _Outputs(self)
-        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None]] = {}
-        self._fsdp = _has_fsdp(model)
+        self._outputs = Outputs(self)
+        self._ctx_cache: dict[LayerSpec, tuple[int | None, Hint | None, bool | None]] = {}
+        self._fsdp = has_fsdp(model)
         self._through = self._fsdp or (
             not self.compiled and any(isinstance(w, nn.DataParallel) for w in self.wrappers)
         )
@@ -486,14 +206,12 @@ class LayerTap:
         for slot in self._slots:
             st.modules[slot] = modules[slot[0]]
         self._plan_keep()
-        params = _signature_params(self.inner)
+        params = signature_params(self.inner)
         st.mask_names = ("attention_mask" in params, "input_ids" in params)
         if any(st.mask_names):
             with contextlib.suppress(TypeError, ValueError):
                 st.signature = inspect.signature(self.inner.forward)
-        cfg: Any = getattr(self.inner, "config", None)
-        pad = getattr(cfg, "pad_token_id", None)
-        self._pad_id = pad if isinstance(pad, int) else None
+        self._pad_id = pad_token_id(self.inner)
         if self._slots:
             self._register(modules)
 
@@ -508,19 +226,19 @@ class LayerTap:
         for name in ancestors:
             self._handles.append(
                 modules[name].register_forward_pre_hook(
-                    _Enter(st, root=name == ""), with_kwargs=True
+                    Enter(st, root=name == ""), with_kwargs=True
                 )
             )
         for slot in self._slots:
             name, pre = slot
             m = modules[name]
             if pre:
-                hook = _RecordPre(st, slot, clone=bool(getattr(m, "inplace", False)))
+                hook = RecordPre(st, slot, clone=bool(getattr(m, "inplace", False)))
                 self._handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
             else:
-                self._handles.append(m.register_forward_hook(_Record(st, slot)))
+                self._handles.append(m.register_forward_hook(Record(st, slot)))
         for name in ancestors:
-            self._handles.append(modules[name].register_forward_hook(_Exit(st), always_call=True))
+            self._handles.append(modules[name].register_forward_hook(Exit(st), always_call=True))
 
     def _plan_keep(self) -> None:
         """Which calls of each slot the hooks keep (for every use)."""
@@ -550,12 +268,12 @@ class LayerTap:
             if t.index is not None:
                 continue
             slot = t.slot
-            seen = _CALLS.get(st.modules[slot], {}).get(slot[1])
+            seen = CALLS.get(st.modules[slot], {}).get(slot[1])
             if t.call is None:
                 if seen is None:
                     return False
                 if seen > 1:
-                    raise _ran_twice(slot, seen)
+                    raise ran_twice(slot, seen)
                 need = 1
             elif t.call == "all" or t.call < 0:
                 if seen is None:
@@ -569,7 +287,7 @@ class LayerTap:
     def _static_counts(self) -> None:
         """Call counts from a torch.fx trace, for the modules whose count is not known yet."""
         st = self._state
-        unknown = [s for s in self._slots if s[1] not in _CALLS.get(st.modules[s], {})]
+        unknown = [s for s in self._slots if s[1] not in CALLS.get(st.modules[s], {})]
         if not unknown or self._traced:
             return
         self._traced = True
@@ -580,7 +298,7 @@ class LayerTap:
             st.active = was_active
         for name, pre in unknown:
             if name in counts:
-                _CALLS.setdefault(st.modules[(name, pre)], {})[pre] = counts[name]
+                CALLS.setdefault(st.modules[(name, pre)], {})[pre] = counts[name]
 
     @property
     def _closed(self) -> bool:
@@ -589,14 +307,20 @@ class LayerTap:
     # ------------------------------------------------------------------ running
     def __call__(self, *args: Any, **kwargs: Any) -> dict[LayerSpec, Any]:
         """Run the model with these arguments and return ``{spec: output}`` (see the class)."""
+        with self._session():
+            raw = self._forward(args, kwargs, stop=self.stop_early, with_output=False)[1]
+            return self._finish_all(raw)
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[None]:
+        """One call of the tap: open, recording, and left clean whatever happens."""
         self._check_open()
         self.clear()
         st = self._state
         was_active = st.active
         st.active = True
         try:
-            raw = self._forward(args, kwargs, stop=self.stop_early, with_output=False)[1]
-            return self._finish_all(raw)
+            yield
         finally:
             st.stopping = False
             st.no_stop = False
@@ -621,18 +345,9 @@ class LayerTap:
             >>> out.shape, feats["1"].shape
             (torch.Size([2, 4]), torch.Size([2, 16]))
         """
-        self._check_open()
-        self.clear()
-        st = self._state
-        was_active = st.active
-        st.active = True
-        try:
+        with self._session():
             output, raw = self._forward(args, kwargs, stop=False, with_output=True)
             return output, self._finish_all(raw)
-        finally:
-            st.active = was_active
-            st.depth = 0
-            self.clear()
 
     def _forward(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, stop: bool, with_output: bool
@@ -673,7 +388,7 @@ class LayerTap:
                     try:
                         # FSDP / DataParallel: through the wrapper (unsharding, device moves)
                         output = self.model(*a, **k) if self._through else self.inner(*a, **k)
-                    except _StopForward:
+                    except StopForward:
                         stopped = True
             except BaseException:
                 aborted = True
@@ -689,7 +404,7 @@ class LayerTap:
 
         if ddp is None:
             return body(args, kwargs)
-        return _through_ddp(ddp, body, args, kwargs)
+        return through_ddp(ddp, body, args, kwargs)
 
     def _check_ddp(self, ddp: nn.Module, *, partial: bool) -> None:
         grad = torch.is_grad_enabled() and not self.detach
@@ -718,31 +433,19 @@ class LayerTap:
     def _run_indices(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], with_output: bool
     ) -> tuple[Any, dict[Target | int, Any]]:
-        model = self.inner
-        fi: Any = model.forward_intermediates
-        params = inspect.signature(fi).parameters
-        opts: dict[str, Any] = {
-            "indices": list(self._indices),
-            "intermediates_only": not with_output,
-        }
-        if "stop_early" in params:
-            # named taps need the forward past the indices: only stop when there are none
-            opts["stop_early"] = (not with_output) and self.stop_early and not self._slots
-        if needs_prefix(self.pool) and "return_prefix_tokens" in params:
-            opts["return_prefix_tokens"] = True
-        output: Any = None
-        if with_output:
-            head: Any = getattr(model, "forward_head", None)
-            if not callable(head):
-                raise HeadkitError(
-                    f"tap.run with int indices needs timm's forward_head on {type(model).__name__}"
-                )
-            final, outs = fi(*args, **kwargs, **opts)
-            output = head(final)
-        else:
-            outs = fi(*args, **kwargs, **opts)
-        values = _index_outputs(model, self._indices, self.detach, outs)
-        return output, dict(zip(self._indices, values, strict=True))
+        # named taps need the forward past the indices: only stop when there are none
+        stop = (not with_output) and self.stop_early and not self._slots
+        output, values = run_indices(
+            self.inner,
+            self._indices,
+            args,
+            kwargs,
+            with_output=with_output,
+            stop_early=stop,
+            prefix=needs_prefix(self.pool),
+            detach_outputs=self.detach,
+        )
+        return output, {i: v for i, v in values.items()}
 
     # ------------------------------------------------------------------ reading
     def _select(self, targets: list[Target]) -> dict[Target | int, Any]:
@@ -757,7 +460,7 @@ class LayerTap:
             vals = st.values.get(slot, {})
             if t.call is None:
                 if n > 1:
-                    raise _ran_twice(slot, n)
+                    raise ran_twice(slot, n)
                 picks = [0]
             elif t.call == "all":
                 picks = list(range(n))
@@ -808,6 +511,7 @@ class LayerTap:
             if t.index is not None:
                 npt: int | None = 0
                 hint = None
+                layout: bool | None = True
             else:
                 assert t.name is not None
                 npt = (
@@ -816,8 +520,11 @@ class LayerTap:
                     else num_prefix_tokens(self.inner, t.name)
                 )
                 hint = channel_hint(st.modules[t.slot], pre=t.pre)
-            self._ctx_cache[t.key] = (npt, hint)
-        npt, hint = self._ctx_cache[t.key]
+                layout = declared_layout(self.inner, t.name)
+            if self.batch_first is not None:
+                layout = self.batch_first
+            self._ctx_cache[t.key] = (npt, hint, layout)
+        npt, hint, layout = self._ctx_cache[t.key]
         return PoolContext(
             npt=npt,
             mask=st.mask,
@@ -827,6 +534,7 @@ class LayerTap:
             input_ids=st.input_ids,
             hint=hint,
             npt_given=self.npt_override is not None,
+            batch_first=layout,
         )
 
     def _finish_all(self, raw: dict[Target | int, Any]) -> dict[LayerSpec, Any]:
@@ -867,7 +575,7 @@ class LayerTap:
     def __enter__(self) -> LayerTap:
         self._check_open()
         if self._indices:
-            names = _index_names(self.inner, self._indices)
+            names = index_names(self.inner, self._indices)
             raise HeadkitError(
                 f"int layer indices {self._indices} in a with-block: timm's intermediates come "
                 "from forward_intermediates, which model(x) does not run. Use "
@@ -897,7 +605,7 @@ class LayerTap:
         st.active = False
         self.close()
         if exc_type is None and twice:
-            raise _ran_twice(*twice[0])
+            raise ran_twice(*twice[0])
         if exc_type is None and missing and (fired_any or self.compiled):
             raise self._never_ran(missing)
 
@@ -1023,6 +731,7 @@ class LayerTap:
             stop_early=self.stop_early,
             num_prefix_tokens=self.npt_override,
             call=self.call,
+            batch_first=self.batch_first,
         )
         raw_tap = LayerTap(model, self.specs, detach=True, call=self.call) if self.pool else tap
         try:
@@ -1048,169 +757,3 @@ class LayerTap:
             f"LayerTap({type(self.inner).__name__}, layers={self.keys}, pool={self.pool!r}, "
             f"detach={self.detach}, stop_early={self.stop_early})"
         )
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _signature_params(model: nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _has_fsdp(model: nn.Module) -> bool:
-    """FSDP (1 or 2) anywhere: its forward bookkeeping must not be cut short."""
-    if "torch.distributed.fsdp" not in sys.modules:
-        return False
-    fsdp = sys.modules["torch.distributed.fsdp"]
-    kinds = tuple(
-        k
-        for k in (
-            getattr(fsdp, "FullyShardedDataParallel", None),
-            getattr(fsdp, "FSDPModule", None),
-        )
-        if isinstance(k, type)
-    )
-    return bool(kinds) and any(isinstance(m, kinds) for m in model.modules())
-
-
-def _through_ddp(
-    ddp: nn.Module,
-    body: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, dict[Target | int, Any]]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> tuple[Any, dict[Target | int, Any]]:
-    """Run ``body`` inside DDP's own forward bookkeeping, with the taps (and the output, if
-    any) as what DDP sees as the forward's result: gradients of a loss on them are
-    synchronised, and parameters the forward never reached are marked unused."""
-    d: Any = ddp
-    with torch.autograd.profiler.record_function("DistributedDataParallel.forward"):
-        args, kwargs = d._pre_forward(*args, **kwargs)
-        inside = getattr(d, "_inside_ddp_forward", None)
-        plain = getattr(d, "_use_python_reducer", False) or getattr(
-            d, "_delay_all_reduce_all_params", False
-        )
-        ctx = inside() if callable(inside) and not plain else contextlib.nullcontext()
-        with ctx:
-            output, raw = body(args, kwargs)
-        keys = list(raw)
-        result = d._post_forward((output, [raw[k] for k in keys]))
-    output, values = result
-    return output, dict(zip(keys, values, strict=True))
-
-
-def _index_names(model: nn.Module, indices: list[int]) -> list[str]:
-    fi: Any = getattr(model, "feature_info", None)
-    out = []
-    for i in indices:
-        try:
-            out.append(str(fi[i]["module"]))
-        except Exception:
-            out.append(f"<index {i}>")
-    return out
-
-
-def _index_outputs(model: nn.Module, indices: list[int], detach: bool, outs: Any) -> list[Any]:
-    if not isinstance(outs, (list, tuple)) or len(outs) != len(indices):
-        got = len(outs) if isinstance(outs, (list, tuple)) else type(outs).__name__
-        raise HeadkitError(
-            f"{type(model).__name__}.forward_intermediates returned {got} outputs for indices "
-            f"{indices}"
-        )
-    return [_detach(o) for o in outs] if detach else list(outs)
-
-
-def _is_tap_hook(fn: object) -> bool:
-    return isinstance(fn, (_TapHook, _Inert))
-
-
-def _is_hf_capture_hook(fn: object) -> bool:
-    return getattr(fn, "__module__", "") == "transformers.utils.output_capturing"
-
-
-def strip_tap_hooks(model: nn.Module) -> None:
-    """Remove every LayerTap hook (and Hugging Face's output-capture closures, which do not
-    pickle and are reinstalled when needed) from a copied module tree."""
-    for m in model.modules():
-        for hooks in (m._forward_hooks, m._forward_pre_hooks):
-            for hid, fn in list(hooks.items()):
-                if _is_tap_hook(fn) or _is_hf_capture_hook(fn):
-                    del hooks[hid]
-                    for extra in (
-                        m._forward_hooks_with_kwargs,
-                        m._forward_hooks_always_called,
-                        m._forward_pre_hooks_with_kwargs,
-                    ):
-                        extra.pop(hid, None)
-        if "_output_capturing_hooks_installed" in m.__dict__:
-            del m.__dict__["_output_capturing_hooks_installed"]
-
-
-def copy_module_tree(model: nn.Module, *, meta: bool = False) -> nn.Module:
-    """Copy the module tree without copying weights and without tap hooks.
-
-    With ``meta=False`` the copy shares every parameter and buffer (the same tensors); with
-    ``meta=True`` they are replaced by empty meta tensors (for dry runs).
-    """
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = (
-            nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-            if meta
-            else p
-        )
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta") if meta else b
-    clone = copy.deepcopy(model, memo)
-    strip_tap_hooks(clone)
-    return clone
-
-
-def feature_info(
-    model: nn.Module,
-    layers: Sequence[LayerSpec] | LayerSpec,
-    input_shape: Sequence[int],
-    *,
-    pool: Pool = None,
-    dtype: torch.dtype = torch.float32,
-    num_prefix_tokens: int | None = None,
-    call: Call = None,
-) -> dict[LayerSpec, TapInfo]:
-    """Shape and dtype of every tap of ``model`` from a dry run on the meta device.
-
-    Same as ``LayerTap(model, layers, pool=pool).describe(input_shape, dtype)``. `TapInfo`
-    also says which element of a tuple output a pool reads (Hugging Face blocks) and how many
-    prefix tokens a token pool skips.
-
-    Args:
-        model: the encoder.
-        layers: layer specs, as for `LayerTap`.
-        input_shape: shape of one input batch.
-        pool: pooling, as for `LayerTap`.
-        dtype: input dtype (``torch.long`` for token ids).
-        num_prefix_tokens: as for `LayerTap`.
-        call: as for `LayerTap`.
-
-    Returns:
-        ``{spec: TapInfo}``.
-
-    Example:
-        >>> from torch import nn
-        >>> from headkit import feature_info
-        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        >>> feature_info(net, ["0", "2"], (5, 8))["2"].shape
-        (5, 4)
-    """
-    tap = LayerTap(
-        check_module(model, "feature_info"),
-        layers,
-        pool=pool,
-        num_prefix_tokens=num_prefix_tokens,
-        call=call,
-    )
-    try:
-        return tap.describe(input_shape, dtype)
-    finally:
-        tap.close()

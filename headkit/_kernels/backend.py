@@ -10,17 +10,19 @@
 - ``1``: Triton wherever it can run (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``),
   without the self-check; an error is raised, not hidden.
 
-This module never imports Triton itself; the kernels live in ``headkit._triton``.
+This module never imports Triton itself; the kernels live in ``headkit._kernels.triton``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from .._errors import HeadkitError
 
@@ -35,6 +37,7 @@ __all__ = [
     "reset",
     "triton_available",
     "triton_mode",
+    "triton_status",
     "use_triton",
 ]
 
@@ -189,6 +192,29 @@ def use_triton(
     return verdict
 
 
+def triton_status() -> dict[str, object]:
+    """Which path the ops take here: ``{"available": bool, "mode": "auto" | "0" | "1",
+    "verdicts": {(op, device, dot dtype, block D, precision): Triton used}}``.
+
+    The verdicts are those of the self-checks run so far in this process (empty before the
+    first op on a CUDA tensor).
+
+    Example:
+        >>> from headkit.ops import triton_status
+        >>> sorted(triton_status())
+        ['available', 'mode', 'verdicts']
+    """
+    return {"available": triton_available(), "mode": triton_mode(), "verdicts": dict(_VERDICT)}
+
+
 def reset() -> None:
     """Forget every self-check verdict (tests)."""
     _VERDICT.clear()
+
+
+def rel_err(x: Tensor, ref: Tensor) -> float:
+    """Largest absolute error of ``x`` against ``ref``, relative to ``ref``'s largest magnitude."""
+    x, ref = x.double(), ref.double()
+    if not bool(torch.isfinite(x).all()):
+        return math.inf
+    return float((x - ref).abs().max() / ref.abs().max().clamp_min(1.0)) if ref.numel() else 0.0

@@ -1,21 +1,17 @@
-"""Data for the command line, the demo and the examples.
+"""Images for the command line and the examples: folders and arrays, read lazily.
 
 - image folders (``root/<class>/<image>``), streamed from disk by a `torch.utils.data.Dataset`
-  (nothing is read before a batch needs it: folders larger than memory work);
+  (nothing is read before a batch needs it: folders larger than memory work); the folder walk
+  and the pixel reading live in ``images``;
 - ``.npz`` files of arrays (``x``/``y``, or ``x_train``/``y_train`` with ``x_test``/``y_test``),
-  memory-mapped when stored uncompressed (``np.savez``);
-- scikit-learn's digits (1,797 real 8x8 digits that ship inside the wheel) and the demo's
-  disrupted-feature task built from them;
-- seeded stratified draws and splits;
-- `augment`, SimCLR-style views of small images.
+  memory-mapped when stored uncompressed (``np.savez``).
 
-Everything here is private (``headkit._data``); the CLI, the demo and the examples import it.
+scikit-learn's digits and the demo's task are in ``demo_data``, the seeded draws in ``draws``;
+the public names are in `headkit.data`.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 import os
 import struct
 import warnings
@@ -29,37 +25,31 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ._errors import HeadkitError
+from .._errors import HeadkitError
+from .demo_data import digits
+from .draws import stratified_sample, stratified_split
+from .images import (
+    IMAGE_EXTENSIONS,
+    channels_of,
+    conversion_message,
+    display,
+    read_pixels,
+    scan_modes,
+    skipped_message,
+    walk_folder,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ArrayImages",
     "DataFacts",
-    "DisruptedDigits",
     "FolderImages",
     "ImageSource",
-    "augment",
-    "digits",
-    "disrupted_digits",
-    "drop_right",
     "load_images",
     "open_images",
     "stratified_sample",
     "stratified_split",
 ]
-
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-    ".pgm",
-)
 
 
 @dataclass(frozen=True)
@@ -73,8 +63,16 @@ class DataFacts:
         classes: class names (folder names, or the label values as text).
         image_size: ``(H, W)`` of the stored images, or None when they differ.
         channels: channels of the stored images (1 or 3).
-        skipped: files left out (not images), relative to the root.
+        skipped: files and folders left out, relative to the root (folders end with ``/``).
         note: anything else worth saying (pixel scaling, memory-mapping).
+        reasons: why each of ``skipped`` was left out (same order).
+        modes: Pillow modes of the images and how many of each (folders only).
+
+    Example:
+        >>> from headkit.data import load_images
+        >>> facts = load_images(None, max_samples=20)[2]
+        >>> facts.kind, facts.image_size, facts.channels
+        ('digits', (8, 8), 1)
     """
 
     source: str
@@ -85,6 +83,8 @@ class DataFacts:
     channels: int
     skipped: list[str] = field(default_factory=list)
     note: str = ""
+    reasons: list[str] = field(default_factory=list)
+    modes: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The facts as plain JSON types."""
@@ -97,126 +97,9 @@ class DataFacts:
             "channels": self.channels,
             "skipped": len(self.skipped),
             "note": self.note,
+            "modes": dict(self.modes),
+            "converted": conversion_message(self.modes),
         }
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def _class_indices(labels: Tensor) -> dict[int, Tensor]:
-    labels = torch.as_tensor(labels).reshape(-1).long()
-    return {int(c): (labels == c).nonzero().flatten() for c in torch.unique(labels)}
-
-
-def stratified_sample(labels: Tensor | Sequence[int], n: int, seed: int = 0) -> Tensor:
-    """Indices of a seeded draw of ``n`` samples with every class in proportion.
-
-    Each class gets its share ``n * count / total`` (largest remainders first), and at least two
-    samples (one where ``n`` is below twice the number of classes), so a held-out split still
-    sees every class. The indices come back sorted (files are then read in order).
-
-    Args:
-        labels: ``(N,)`` integer labels.
-        n: samples wanted; ``n >= N`` returns every index.
-        seed: seed of the draw.
-
-    Returns:
-        ``(min(n, N),)`` sorted indices.
-
-    Raises:
-        HeadkitError: ``n`` is below the number of classes.
-
-    Example:
-        >>> import torch
-        >>> y = torch.tensor([0] * 90 + [1] * 10)
-        >>> idx = stratified_sample(y, 20, seed=0)
-        >>> torch.bincount(y[idx]).tolist()
-        [18, 2]
-    """
-    y = torch.as_tensor(labels).reshape(-1).long()
-    total = int(y.numel())
-    if n <= 0:
-        raise HeadkitError(f"the number of samples to draw must be positive, got {n}")
-    if n >= total:
-        return torch.arange(total)
-    groups = _class_indices(y)
-    k = len(groups)
-    if n < k:
-        raise HeadkitError(
-            f"cannot draw {n} samples from {k} classes with every class present: "
-            f"ask for at least {min(2 * k, total)}"
-        )
-    floor = 2 if n >= 2 * k else 1
-    counts = {c: int(v.numel()) for c, v in groups.items()}
-    share = {c: n * counts[c] / total for c in groups}
-    take = {c: min(counts[c], max(floor, int(share[c]))) for c in groups}
-    g = torch.Generator().manual_seed(seed)
-    order = sorted(groups, key=lambda c: share[c] - int(share[c]), reverse=True)
-    # hand out what is left by the largest remainders, then round-robin; take back where over
-    while sum(take.values()) < n:
-        grew = False
-        for c in order:
-            if sum(take.values()) >= n:
-                break
-            if take[c] < counts[c]:
-                take[c] += 1
-                grew = True
-        if not grew:
-            break
-    while sum(take.values()) > n:
-        c = max((c for c in groups if take[c] > floor), key=lambda c: take[c] - share[c])
-        take[c] -= 1
-    picked = [idx[torch.randperm(idx.numel(), generator=g)[: take[c]]] for c, idx in groups.items()]
-    return torch.sort(torch.cat(picked)).values
-
-
-def stratified_split(
-    labels: Tensor | Sequence[int], test_fraction: float = 0.2, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """A seeded split with every class in both parts, in proportion.
-
-    Each class with at least two samples puts ``round(test_fraction * count)`` of them (at least
-    one, at most all but one) into the test part.
-
-    Args:
-        labels: ``(N,)`` integer labels.
-        test_fraction: share of each class held out, in (0, 1).
-        seed: seed of the split.
-
-    Returns:
-        ``(train_indices, test_indices)``, each sorted.
-
-    Raises:
-        HeadkitError: a fraction outside (0, 1), or fewer than two classes with two samples.
-
-    Example:
-        >>> import torch
-        >>> tr, te = stratified_split(torch.tensor([0] * 8 + [1] * 2), 0.25, seed=0)
-        >>> len(tr), len(te)
-        (7, 3)
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise HeadkitError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    y = torch.as_tensor(labels).reshape(-1).long()
-    g = torch.Generator().manual_seed(seed)
-    train, test = [], []
-    for _, idx in _class_indices(y).items():
-        idx = idx[torch.randperm(idx.numel(), generator=g)]
-        if idx.numel() < 2:
-            train.append(idx)
-            continue
-        k = min(idx.numel() - 1, max(1, round(test_fraction * idx.numel())))
-        test.append(idx[:k])
-        train.append(idx[k:])
-    if len(test) < 2:
-        raise HeadkitError(
-            "a held-out split needs at least two classes with two samples each; "
-            f"the labels have {len(_class_indices(y))} classes and {y.numel()} samples"
-        )
-    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(test)).values
-
-
-# ----------------------------------------------------------------------------- datasets
 
 
 class _Images(Dataset[tuple[Tensor, int]]):
@@ -249,8 +132,9 @@ class _Images(Dataset[tuple[Tensor, int]]):
         if img.shape[0] != self.channels:
             if img.shape[0] == 1:
                 img = img.expand(self.channels, -1, -1)
-            elif self.channels == 1:
-                img = img.mean(0, keepdim=True)
+            elif self.channels == 1:  # ITU-R BT.601 luma, as Pillow's convert("L")
+                luma = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype, device=img.device)
+                img = (img * luma.view(3, 1, 1)).sum(0, keepdim=True)
             else:
                 raise HeadkitError(
                     f"images have {img.shape[0]} channels, the model expects {self.channels}"
@@ -263,9 +147,12 @@ class _Images(Dataset[tuple[Tensor, int]]):
 class FolderImages(_Images):
     """Images of a folder ``root/<class>/<image>``, read one by one when asked (streamed).
 
-    Sub-folders inside a class folder are searched too. Files without an image extension are
-    left out (listed in `DataFacts.skipped`); a file with an image extension that cannot be
-    decoded raises a `HeadkitError` that names it when it is read.
+    Sub-folders inside a class folder are searched too, symbolic links followed safely
+    (`headkit._images.walk_folder`). Files without an image extension and hidden files are left
+    out (listed in `DataFacts.skipped`); a file with an image extension that cannot be decoded
+    raises a `HeadkitError` that names it. Every Pillow mode is read at its own scale
+    (`headkit._images.read_pixels`: 16-bit grey divided by 65535, palettes expanded, alpha
+    dropped) or refused with the file named.
     """
 
     def __init__(
@@ -284,21 +171,9 @@ class FolderImages(_Images):
         self.expect_size = expect_size
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        import numpy as np
-        from PIL import Image
-
         path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if self.channels != 1 else "L")
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as err:
-            raise HeadkitError(
-                f"cannot read image {path!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}): "
-                "remove the file or replace it with a readable image"
-            ) from None
-        img = torch.from_numpy(arr.copy())
-        img = img[None] if img.dim() == 2 else img.permute(2, 0, 1)
+        arr = read_pixels(path, 1 if self.channels == 1 else 3)
+        img = torch.from_numpy(arr)
         if (
             self.size is None
             and self.expect_size is not None
@@ -306,10 +181,10 @@ class FolderImages(_Images):
         ):
             h, w = self.expect_size
             raise HeadkitError(
-                f"image {path!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
+                f"image {display(path)!r} is {img.shape[-2]}x{img.shape[-1]} pixels, the others "
                 f"{h}x{w}: pass --size N (size=N) to resize every image to NxN"
             )
-        return self._finish(img.float().div_(255.0)), self.labels[i]
+        return self._finish(img), self.labels[i]
 
 
 class ArrayImages(_Images):
@@ -359,7 +234,21 @@ class ImageSource:
     """An opened data source: labels, facts and a way to build a `Dataset` for a given input.
 
     ``test`` is set when the source brings its own test split (``x_test``/``y_test`` in an
-    ``.npz``).
+    ``.npz``); `dataset` yields ``(image (C, H, W) float in [0, 1], label)``.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from headkit.data import open_images
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
+        >>> x = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+        >>> np.savez(path, x=x, y=np.arange(20) % 2)
+        >>> src = open_images(path)
+        >>> src.facts.kind, src.facts.n, src.facts.image_size
+        ('npz', 20, (8, 8))
+        >>> image, label = src.dataset()[0]
+        >>> tuple(image.shape), float(image.max()) <= 1.0
+        ((1, 8, 8), True)
     """
 
     facts: DataFacts
@@ -400,6 +289,20 @@ def open_images(path: str | os.PathLike[str]) -> ImageSource:
     Raises:
         HeadkitError: a missing path, a single image file, an unreadable or malformed ``.npz``,
             a folder without class sub-folders or without images.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from headkit.data import open_images
+        >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
+        >>> x = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+        >>> np.savez(path, x=x, y=np.arange(20) % 2)
+        >>> src = open_images(path)
+        >>> src.facts.kind, src.facts.n, src.facts.image_size
+        ('npz', 20, (8, 8))
+        >>> image, label = src.dataset()[0]
+        >>> tuple(image.shape), float(image.max()) <= 1.0
+        ((1, 8, 8), True)
     """
     p = os.fspath(path)
     if not os.path.exists(p):
@@ -417,45 +320,10 @@ def open_images(path: str | os.PathLike[str]) -> ImageSource:
 
 
 def _open_folder(root: str) -> ImageSource:
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    loose = [e.name for e in entries if e.is_file()]
-    if not classes:
-        if any(n.lower().endswith(IMAGE_EXTENSIONS) for n in loose):
-            raise HeadkitError(
-                f"{root!r} holds images but no class sub-folders: put each class's images in "
-                "its own folder, root/<class>/<image>"
-            )
-        raise HeadkitError(
-            f"{root!r} has no class sub-folders of images (expected root/<class>/<image>)"
-        )
-    files: list[str] = []
-    labels: list[int] = []
-    skipped = [n for n in loose]
-    for ci, c in enumerate(classes):
-        base = os.path.join(root, c)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for f in sorted(filenames):
-                full = os.path.join(dirpath, f)
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(full)
-                    labels.append(ci)
-                else:
-                    skipped.append(os.path.relpath(full, root))
-    if not files:
-        raise HeadkitError(
-            f"no images under {root!r} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-            f"found {len(skipped)} other files"
-        )
-    empty = [c for ci, c in enumerate(classes) if ci not in set(labels)]
-    if empty:
-        raise HeadkitError(
-            f"class folders without images under {root!r}: {empty[:5]}"
-            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            + ": remove them or add images"
-        )
-    size, channels = _peek(files)
+    classes, files, labels, left_out = walk_folder(root)  # raises where nothing usable
+    modes, sizes = scan_modes(files)  # headers only: a bad file is named before any work
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    channels = max(channels_of(m) for m in modes)
     facts = DataFacts(
         source=root,
         kind="folder",
@@ -463,8 +331,10 @@ def _open_folder(root: str) -> ImageSource:
         classes=classes,
         image_size=size,
         channels=channels,
-        skipped=skipped,
+        skipped=[p for p, _ in left_out],
         note="streamed from disk",
+        reasons=[why for _, why in left_out],
+        modes=dict(modes),
     )
 
     def make(
@@ -485,27 +355,6 @@ def _open_folder(root: str) -> ImageSource:
         )
 
     return ImageSource(facts, labels, make)
-
-
-def _peek(files: list[str], k: int = 32) -> tuple[tuple[int, int] | None, int]:
-    """Sizes and modes of up to ``k`` images spread over the list (headers only)."""
-    from PIL import Image
-
-    step = max(1, len(files) // k)
-    sizes: set[tuple[int, int]] = set()
-    colour = False
-    for path in files[::step][:k]:
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-                colour = colour or im.mode not in ("L", "1", "I", "I;16", "F")
-        except Exception as err:
-            raise HeadkitError(
-                f"cannot read image {path!r} ({type(err).__name__}): remove the file or replace "
-                "it with a readable image"
-            ) from None
-        sizes.add((h, w))
-    return (next(iter(sizes)) if len(sizes) == 1 else None), (3 if colour else 1)
 
 
 def _npz_member(path: str, key: str) -> Any:
@@ -656,44 +505,6 @@ def _chunked_max(x: Any, chunk: int = 4096) -> float:
 # ----------------------------------------------------------------------------- in memory
 
 
-def digits() -> tuple[Tensor, Tensor]:
-    """scikit-learn's digits: ``(1797, 1, 8, 8)`` images in [0, 1] and ``(1797,)`` labels.
-
-    Read from the data file inside the scikit-learn wheel (importing scikit-learn itself costs
-    seconds); `sklearn.datasets.load_digits` where that file is not found.
-
-    Raises:
-        HeadkitError: scikit-learn is not installed.
-    """
-    x, y = _digits_arrays()
-    return x.clone(), y.clone()
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_arrays() -> tuple[Tensor, Tensor]:
-    import importlib.util
-
-    import numpy as np
-
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise HeadkitError('the digits need scikit-learn: pip install "headkit[demo]"')
-    path = os.path.join(
-        next(iter(spec.submodule_search_locations)), "datasets", "data", "digits.csv.gz"
-    )
-    data = None
-    if os.path.isfile(path):
-        with gzip.open(path, "rt") as fh:
-            data = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    if data is None or data.shape != (1797, 65):
-        from sklearn.datasets import load_digits
-
-        xs, ys = load_digits(return_X_y=True)
-        data = np.concatenate([xs, ys[:, None]], axis=1).astype(np.float32)
-    imgs = torch.from_numpy(data[:, :64].copy()).view(-1, 1, 8, 8) / 16.0
-    return imgs, torch.from_numpy(data[:, 64].astype(np.int64))
-
-
 def load_images(
     path: str | os.PathLike[str] | None = None,
     size: int | tuple[int, int] | None = None,
@@ -713,6 +524,12 @@ def load_images(
 
     Returns:
         ``(images, labels, facts)``.
+
+    Example:
+        >>> from headkit.data import load_images
+        >>> x, y, facts = load_images(None, size=16, max_samples=30, seed=0)
+        >>> tuple(x.shape), tuple(y.shape), facts.source
+        ((30, 1, 16, 16), (30,), 'scikit-learn digits')
     """
     hw: tuple[int, int] | None = None
     if size is not None:
@@ -745,122 +562,5 @@ def load_images(
 def _warn_skipped(facts: DataFacts) -> None:
     if facts.skipped:
         warnings.warn(skipped_message(facts), stacklevel=3)
-
-
-def skipped_message(facts: DataFacts) -> str:
-    """One line on the files left out of a folder."""
-    shown = ", ".join(facts.skipped[:3])
-    more = f" and {len(facts.skipped) - 3} more" if len(facts.skipped) > 3 else ""
-    return (
-        f"left out {len(facts.skipped)} file(s) under {facts.source!r} that are not images "
-        f"(by extension): {shown}{more}"
-    )
-
-
-@dataclass(frozen=True)
-class DisruptedDigits:
-    """The demo's task: two digits side by side; augmentation removes the right one.
-
-    Attributes:
-        x_train: ``(N, 1, 8, 16)`` images in [0, 1], left digit in columns 0-7.
-        right_train: ``(N,)`` class of the right digit (the disrupted feature, the task).
-        left_train: ``(N,)`` class of the left digit (kept in every view, the control).
-        x_test: ``(M, 1, 8, 16)`` images made from digits no training image uses.
-        right_test: ``(M,)``.
-        left_test: ``(M,)``.
-    """
-
-    x_train: Tensor
-    right_train: Tensor
-    left_train: Tensor
-    x_test: Tensor
-    right_test: Tensor
-    left_test: Tensor
-
-
-def disrupted_digits(n_train: int = 2000, n_test: int = 600, seed: int = 0) -> DisruptedDigits:
-    """Pairs of scikit-learn digits, 8x16 pixels, for the disrupted-feature setting.
-
-    The paper's disrupted-feature setting (Xue et al., ICLR 2024, Sec. 5): augmentation removes
-    a feature the downstream task needs. Here each image holds two real digits side by side;
-    pretraining views drop the right digit (`drop_right`), and the downstream task is to name
-    it. The 1,797 digits are split per class (80/20, seeded) before pairing, so no test image
-    shares a digit with a training image.
-
-    Args:
-        n_train: training images (pairs drawn with replacement from the training digits).
-        n_test: test images.
-        seed: seed of the split and the pairing.
-
-    Returns:
-        `DisruptedDigits`.
-
-    Example:
-        >>> d = disrupted_digits(100, 40, seed=0)
-        >>> tuple(d.x_train.shape), tuple(d.right_test.shape)
-        ((100, 1, 8, 16), (40,))
-    """
-    x, y = digits()
-    tr, te = stratified_split(y, 0.2, seed)
-    g = torch.Generator().manual_seed(seed)
-
-    def pairs(pool: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        a = pool[torch.randint(pool.numel(), (n,), generator=g)]
-        b = pool[torch.randint(pool.numel(), (n,), generator=g)]
-        return torch.cat([x[a], x[b]], dim=-1), y[b], y[a]
-
-    xtr, rtr, ltr = pairs(tr, n_train)
-    xte, rte, lte = pairs(te, n_test)
-    return DisruptedDigits(xtr, rtr, ltr, xte, rte, lte)
-
-
-def drop_right(views: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
-    """Blank the right half of each view with probability ``p`` (the disrupting augmentation).
-
-    Args:
-        views: ``(B, C, H, W)`` views.
-        generator: the random source.
-        p: probability of removing the right half.
-
-    Returns:
-        ``(B, C, H, W)`` views.
-    """
-    b, _, _, w = views.shape
-    gone = torch.rand(b, 1, 1, 1, generator=generator) < p
-    right = torch.arange(w) >= w // 2
-    return views.masked_fill(gone & right.view(1, 1, 1, w), 0.0)
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment(x: Tensor, generator: torch.Generator | None = None, drop: float = 0.25) -> Tensor:
-    """SimCLR-style views of small images: random shift, contrast, noise and cut-out.
-
-    Args:
-        x: ``(B, C, H, W)`` images.
-        generator: the random source (seeded for repeatable views).
-        drop: share of pixels cut out.
-
-    Returns:
-        ``(B, C, H, W)`` views.
-    """
-    b, _, h, w = x.shape
-    g = generator
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    rows = (dy[:, None] + torch.arange(h)[None]).clamp(max=h + 2 * pad - 1)
-    cols = (dx[:, None] + torch.arange(w)[None]).clamp(max=w + 2 * pad - 1)
-    out = xp[
-        torch.arange(b)[:, None, None, None],
-        torch.arange(x.shape[1])[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
-    scale = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=g)
-    out = out * scale + 0.1 * torch.randn(out.shape, generator=g)
-    keep = torch.rand(b, 1, h, w, generator=g) > drop
-    views: Tensor = out * keep
-    return views
+    if conversion_message(facts.modes):
+        warnings.warn(f"{display(facts.source)}: {conversion_message(facts.modes)}", stacklevel=3)
