@@ -189,7 +189,9 @@ def test_recommend_layer_label_free_and_few_labels() -> None:
     x = torch.cat([full, rank1, good, noise], 1)
     net = Slices({"full": (0, 8), "rank1": (8, 16), "good": (16, 20), "noise": (20, 24)})
     unlabelled = [x[i : i + 200] for i in range(0, n, 200)]
-    c = recommend_layer(net, unlabelled, layers=["full", "rank1"], n_boot=50, progress=False)
+    c = recommend_layer(
+        net, unlabelled, layers=["full", "rank1"], rule="rankme", n_boot=50, progress=False
+    )
     assert c.rule == "rankme" and c.layer == "full" and not c.labelled
     assert c.confidence == 1.0 and c.tied == ["full"]
     assert c.scores["full"] > 7 and c.scores["rank1"] < 1.5
@@ -199,8 +201,9 @@ def test_recommend_layer_label_free_and_few_labels() -> None:
     assert c2.layer == "full" and c2.confidence is None
     labelled = [(x[i : i + 200], y[i : i + 200]) for i in range(0, n, 200)]
     few = recommend_layer(
-        net, labelled, layers=["good", "noise"], labels_per_class=10, n_boot=200, progress=False
-    )
+        net, labelled, layers=["good", "noise"], rule="knn_loo", labels_per_class=10, n_boot=200,
+        progress=False,
+    )  # fmt: skip
     assert few.rule == "knn_loo" and few.layer == "good" and few.labelled
     assert few.n_samples == 40 and few.info["labels_per_class"] == 10
     assert few.confidence is not None and few.confidence > 0.9

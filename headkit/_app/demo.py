@@ -489,10 +489,11 @@ def _job(
         n_boot=0,
         **common,
     )
-    # label-free: the training images without their labels (n_boot=0: its bootstrap costs
-    # seconds per run; the demo's seeds show how stable the choice is instead)
+    # label-free (RankMe, as the docs record it): the training images without their labels
+    # (n_boot=0: its bootstrap costs seconds per run; the demo's seeds show how stable the
+    # choice is instead)
     choice = recommend_layer(
-        model, _loaders(data.x_train), layers, seed=sd, n_boot=0, progress=False
+        model, _loaders(data.x_train), layers, rule="rankme", seed=sd, n_boot=0, progress=False
     )
     return rep, ctl, choice, time.time() - t1
 

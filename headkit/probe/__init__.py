@@ -14,7 +14,15 @@ batches for LiDAR), ``_online`` (`OnlineLayerProbe`), ``_dist`` (torch.distribut
 
 from __future__ import annotations
 
-from ._choose import RULES, LayerChoice, choose_layer, recommend_layer
+from ._choose import (
+    RULES,
+    BenchRecord,
+    LayerChoice,
+    bench_record,
+    choose_layer,
+    guess_family,
+    recommend_layer,
+)
 from ._extract import Features, extract_features
 from ._linear import ProbeResult, linear_probe
 from ._metrics import (
@@ -36,6 +44,7 @@ from ._sweep import layer_sweep
 __all__ = [
     "METRICS",
     "RULES",
+    "BenchRecord",
     "Features",
     "LayerChoice",
     "Metric",
@@ -44,9 +53,11 @@ __all__ = [
     "Spectrum",
     "SweepReport",
     "alpha_req",
+    "bench_record",
     "choose_layer",
     "extract_features",
     "feature_spectrum",
+    "guess_family",
     "knn_accuracy",
     "layer_sweep",
     "lidar",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from .._dist import dist_state
 from .._errors import HeadkitError, closest
 from .._layers.model import LayerSpec
 from .._layers.pool import Pool
+from . import _bench_table
 from ._checks import check_layers, knn_k_for
 from ._extract import ExtractOptions, Features, extract
 from ._linear import fit_linear
@@ -23,7 +25,15 @@ from ._rows import Rows
 from ._stats import paired_bootstrap, tied_with
 from ._views import merge, view_stats
 
-__all__ = ["RULES", "LayerChoice", "choose_layer", "recommend_layer"]
+__all__ = [
+    "RULES",
+    "BenchRecord",
+    "LayerChoice",
+    "bench_record",
+    "choose_layer",
+    "guess_family",
+    "recommend_layer",
+]
 
 
 class RuleRegistry(Frozen[str, str]):
@@ -49,9 +59,149 @@ RULES: RuleRegistry = RuleRegistry(
         "lidar": "label-free, needs views: highest LiDAR",
         "knn_loo": "few labels: highest leave-one-out kNN accuracy on the labelled samples",
         "linear_cv": "few labels: highest cross-validated linear-probe accuracy on the labelled samples",
+        "ridge_loo": "few labels: highest closed-form leave-one-out accuracy of ridge regression "
+        "to one-hot labels (features standardised with every sample's statistics)",
+        "ridge_margin": "few labels: highest mean leave-one-out margin of the same ridge "
+        "regression (true-class score minus the best other class): a graded, less noisy "
+        "ridge_loo",
+        "ridge_1se": "few labels: the shallowest layer (first in the layer order) whose ridge_loo "
+        "accuracy is within one binomial standard error of the best layer's (the one-standard-"
+        "error rule of cross-validation)",
+        "ridge_cv": "few labels: the sum of the z-scores across layers of ridge_loo and linear_cv "
+        "(two noisy estimates on the same labelled samples, averaged)",
+        "ridge_margin_rankme": "few labels + a label-free prefilter: the highest ridge_margin "
+        "among the layers whose RankMe (on every sample) is at least the median of the layers'",
     }
 )
-_FEW_LABEL = ("knn_loo", "linear_cv")
+_FEW_LABEL = (
+    "ridge_1se",
+    "knn_loo",
+    "linear_cv",
+    "ridge_loo",
+    "ridge_margin",
+    "ridge_margin_rankme",
+    "ridge_cv",
+)
+_RIDGE_LAMBDAS = (0.1, 1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """How a rule fared on headkit's layer-choice benchmark (``benchmarks/bench_layer_choice.py``),
+    on the benchmark cases most like the user's.
+
+    A case is one pretrained encoder and one downstream task; the oracle is a linear probe on
+    every layer, and a pick counts as tied when the paired bootstrap (95%) over test images
+    cannot separate it from the best layer. The numbers come from a committed table
+    (``headkit/probe/_bench_table.py``) that the benchmark writes; they describe the families,
+    objectives and small images of that grid (``grid``), not every encoder.
+
+    Attributes:
+        rule: the rule (a key of `RULES`).
+        scope: which cases: ``"family=vit, objective=simclr"``, ``"family=vit"``,
+            ``"objective=simclr"`` or ``"all"`` (the narrowest with at least ``min_cases``).
+        cases: how many cases the numbers rest on.
+        tie_rate: share of those cases whose pick was tied with the oracle's best.
+        tie_interval: its 95% Wilson interval.
+        mean_regret: mean points of linear-probe accuracy lost against the best layer.
+        regret_interval: its 95% bootstrap interval over cases.
+        goal_met: whether the rule met the benchmark's goal (tied in >= 80% of all cases and a
+            lower mean regret than every fixed default, overall and in every family).
+        grid: what the benchmark covered.
+
+    Example:
+        >>> from headkit.probe import bench_record
+        >>> r = bench_record("knn_loo")
+        >>> r is None or (0.0 <= r.tie_rate <= 1.0 and r.cases > 0)
+        True
+    """
+
+    rule: str
+    scope: str
+    cases: int
+    tie_rate: float
+    tie_interval: tuple[float, float]
+    mean_regret: float
+    regret_interval: tuple[float, float]
+    goal_met: bool
+    grid: str
+
+    def __str__(self) -> str:
+        lo, hi = self.tie_interval
+        rlo, rhi = self.regret_interval
+        goal = "meets" if self.goal_met else "does NOT meet"
+        return (
+            f"on the benchmark ({self.scope}, {self.cases} cases) {self.rule} was tied with the best "
+            f"layer in {100 * self.tie_rate:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}) and lost "
+            f"{self.mean_regret:.1f} points on average ({rlo:.1f}-{rhi:.1f}); it {goal} the "
+            "benchmark's goal"
+        )
+
+
+def _scopes(family: str | None, objective: str | None) -> list[str]:
+    out = []
+    if family and objective:
+        out.append(f"family={family}, objective={objective}")
+    if family:
+        out.append(f"family={family}")
+    if objective:
+        out.append(f"objective={objective}")
+    return [*out, "all"]
+
+
+def bench_record(
+    rule: str, family: str | None = None, objective: str | None = None, min_cases: int = 10
+) -> BenchRecord | None:
+    """How ``rule`` fared on the benchmark cases most like ``(family, objective)``.
+
+    Looks up the committed benchmark table: the narrowest scope with at least ``min_cases``
+    cases among ``(family, objective)``, ``family``, ``objective`` and all cases.
+
+    Args:
+        rule: a key of `RULES`.
+        family: the encoder family (``"mlp"``, ``"cnn3"``, ``"resnet"``, ``"vit"``,
+            ``"mixer"`` on the current grid); None or unknown: not used.
+        objective: the pretraining objective (``"simclr"``, ``"supcon"``, ``"byol"``,
+            ``"mae"``); None or unknown: not used.
+        min_cases: the fewest cases a scope must have to be used.
+
+    Returns:
+        `BenchRecord`, or None when the benchmark did not measure ``rule``.
+
+    Example:
+        >>> from headkit.probe import bench_record
+        >>> r = bench_record("rankme", family="vit")
+        >>> r is None or r.scope in ("family=vit", "all")
+        True
+    """
+    table = _bench_table.TABLE.get(rule)
+    if not table:
+        return None
+    for scope in _scopes(family, objective):
+        row = table.get(scope)
+        if row is not None and row[1] >= min_cases:
+            hits, n, mean, lo, hi = row
+            return BenchRecord(
+                rule=rule,
+                scope=scope,
+                cases=n,
+                tie_rate=hits / n,
+                tie_interval=_wilson(hits, n),
+                mean_regret=mean,
+                regret_interval=(lo, hi),
+                goal_met=bool(_bench_table.GOAL_MET.get(rule, False)),
+                grid=_bench_table.GRID,
+            )
+    return None
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.96
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 @dataclass
@@ -67,10 +217,14 @@ class LayerChoice:
         confidence: share of bootstrap resamples (of the samples) in which ``layer`` wins, or
             None with ``n_boot=0``.
         tied: the chosen layer and every layer whose paired bootstrap difference from it is not
-            significant at 5% (just ``[layer]`` with ``n_boot=0``).
+            significant at 5% (just ``[layer]`` with ``n_boot=0``): the layers this data
+            cannot separate from the pick.
         labelled: whether the rule used labels.
         n_samples: samples the scores were computed on.
-        info: other facts (``n_boot``, ``seed``, ``labels_per_class``, ...).
+        info: other facts (``n_boot``, ``seed``, ``labels_per_class``, ``family``, ...).
+        bench: how the rule fared on the benchmark cases most like this one (`BenchRecord`:
+            tie rate with the best layer and mean regret, with intervals and case counts), or
+            None when the benchmark did not measure the rule.
 
     Example:
         >>> from headkit.probe import LayerChoice
@@ -88,15 +242,22 @@ class LayerChoice:
     labelled: bool
     n_samples: int
     info: dict[str, Any] = field(default_factory=dict)
+    bench: BenchRecord | None = None
 
     def __str__(self) -> str:
         conf = "no bootstrap" if self.confidence is None else f"confidence {self.confidence:.2f}"
-        return f"layer {self.layer!r} by {self.rule} ({conf}; tied: {self.tied})"
+        text = f"layer {self.layer!r} by {self.rule} ({conf}; tied: {self.tied})"
+        if self.bench is not None:
+            text += f"\n{self.bench}"
+        return text
 
 
 def _check_rule(rule: str, has_labels: bool, has_views: bool) -> str:
     if rule == "auto":
-        return "knn_loo" if has_labels else "rankme"
+        if has_labels:
+            return _bench_table.BEST_FEW_LABEL
+        best = _bench_table.BEST_LABEL_FREE
+        return best if best != "lidar" or has_views else "rankme"
     if rule not in RULES:
         raise HeadkitError(
             f"unknown rule {rule!r}; choose from {list(RULES)} (or 'auto'); closest: {closest(rule, RULES)}"
@@ -222,6 +383,8 @@ def choose_layer(
     cv_folds: int = 5,
     probe_kwargs: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    family: str | None = None,
+    objective: str | None = None,
 ) -> LayerChoice:
     """Pick a layer from features already extracted (`recommend_layer` without the model).
 
@@ -233,7 +396,9 @@ def choose_layer(
             ``labels`` is given).
         labels: ``(N,)`` integer labels, for the few-label rules (may be for all N samples:
             ``labels_per_class`` keeps a few per class).
-        rule: a key of `RULES`, or ``"auto"``: ``"knn_loo"`` with labels, ``"rankme"`` without.
+        rule: a key of `RULES`, or ``"auto"``: the rule that measured best on the benchmark,
+            with labels (few-label rules) or without (label-free; ``"rankme"`` when that is
+            ``"lidar"`` and there are no views).
         views: for ``"lidar"``: ``{layer: (N, Q, D)}`` features of Q augmented views.
         labels_per_class: keep at most this many labelled samples per class (seeded) for the
             few-label rules; None keeps every label.
@@ -246,9 +411,12 @@ def choose_layer(
         cv_folds: folds of ``"linear_cv"``.
         probe_kwargs: arguments of `linear_probe` for ``"linear_cv"``.
         device: where the work runs (default: the features' device).
+        family: the encoder family, to report how the rule fared on the benchmark's most
+            similar cases (`bench_record`); None: all cases.
+        objective: the pretraining objective, likewise.
 
     Returns:
-        `LayerChoice`.
+        `LayerChoice` (with ``.bench``).
 
     Raises:
         HeadkitError: unknown rule, a few-label rule without labels, ``lidar`` without views.
@@ -288,6 +456,8 @@ def choose_layer(
         cv_folds,
         probe_kwargs,
         dev,
+        family,
+        objective,
     )
 
 
@@ -316,6 +486,8 @@ def _choose(
     cv_folds: int,
     probe_kwargs: Mapping[str, Any] | None,
     dev: torch.device,
+    family: str | None = None,
+    objective: str | None = None,
 ) -> LayerChoice:
     rule = _check_rule(rule, labels is not None, views is not None)
     if isinstance(n_boot, bool) or n_boot < 0:
@@ -335,13 +507,27 @@ def _choose(
             knn_k = knn_k_for(knn_k, int(y.numel()) - 1)
             correct = _knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
+        elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme", "ridge_1se"):
+            correct = _ridge_loo(
+                rows, keep, y, dev, margin=rule in ("ridge_margin", "ridge_margin_rankme")
+            )
+            info["ridge_lambdas"] = _RIDGE_LAMBDAS
         else:
             correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
             info["cv_folds"] = cv_folds
-        values = correct.double().mean(1)
         n = int(y.numel())
-        if n_boot > 0:
-            samples = paired_bootstrap(correct, n_boot, seed).samples
+        if rule == "ridge_cv":
+            # two few-label estimates on the same samples, each as z-scores across layers
+            ridge = _ridge_loo(rows, keep, y, dev).double()
+            both = torch.cat([ridge, correct.double()])
+            values = _zsum(both.mean(1)[None], len(keys))[0]
+            info["ridge_lambdas"] = _RIDGE_LAMBDAS
+            if n_boot > 0:
+                samples = _zsum(paired_bootstrap(both, n_boot, seed).samples, len(keys))
+        else:
+            values = correct.double().mean(1)
+            if n_boot > 0:
+                samples = paired_bootstrap(correct, n_boot, seed).samples
     elif rule == "lidar":
         assert views is not None
         missing = [k for k in keys if k not in views]
@@ -370,15 +556,41 @@ def _choose(
             if n_boot > 0:
                 samples = _resample_spectral(rule, per_layer, n_boot, seed)
     keyv = _key_tensor(rule, values)
-    best = int(torch.argmax(keyv))
-    confidence = None
-    tied = [keys[best]]
-    if samples is not None:
+    excluded = torch.zeros(len(keys), dtype=torch.bool)
+    if rule == "ridge_margin_rankme":
+        # label-free prefilter on every sample: layers of low effective rank are left out
+        rk = torch.tensor(
+            [SPECTRAL["rankme"](*moments(rows[k], dev).eigenvalues()) for k in keys],
+            dtype=torch.float64,
+        )
+        excluded = rk < rk.quantile(0.5)
+        keyv = keyv.masked_fill(excluded, -torch.inf)
+        info["rankme"] = {k: float(v) for k, v in zip(keys, rk.tolist(), strict=True)}
+        info["excluded"] = [k for k, e in zip(keys, excluded.tolist(), strict=True) if e]
+    if rule == "ridge_1se":
+        best = _one_se(keyv, n)
+        confidence = None
+        tied = [keys[best]]
+        if samples is not None:
+            picks = torch.tensor([_one_se(row, n) for row in samples])
+            confidence = float((picks == best).double().mean())
+            diff = samples[:, best : best + 1] - samples
+            lo, hi = torch.quantile(diff, torch.tensor([0.025, 0.975], dtype=diff.dtype), dim=0)
+            tied = [keys[i] for i in range(len(keys)) if i == best or (lo[i] <= 0 <= hi[i])]
+        info["one_se"] = float(
+            math.sqrt(max(float(keyv.max()) * (1 - float(keyv.max())), 1e-4) / n)
+        )
+    else:
+        best = int(torch.argmax(keyv))
+        confidence = None
+        tied = [keys[best]]
+    if samples is not None and rule != "ridge_1se":
         ks = _key_tensor(rule, samples)
-        ks = torch.nan_to_num(ks, nan=-torch.inf)
+        ks = torch.nan_to_num(ks, nan=-torch.inf).masked_fill(excluded, -torch.inf)
         confidence = float((ks.argmax(1) == best).double().mean())
         tied = [keys[i] for i in tied_with(keyv, ks)]
     direction = "higher" if rule in _FEW_LABEL else METRICS[rule].direction
+    info["family"], info["objective"] = family, objective
     return LayerChoice(
         layer=keys[best],
         scores={k: float(v) for k, v in zip(keys, values.tolist(), strict=True)},
@@ -389,6 +601,7 @@ def _choose(
         labelled=rule in _FEW_LABEL,
         n_samples=n,
         info=info,
+        bench=bench_record(rule, family, objective),
     )
 
 
@@ -416,6 +629,80 @@ def _knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) 
             r, yc, r, num_classes=classes.numel(), k=k, device=dev, exclude_self=True
         )
         out.append(pred.cpu() == yc)
+    return torch.stack(out)
+
+
+def _one_se(acc: Tensor, n: int) -> int:
+    """Index of the first layer whose accuracy is within one binomial standard error (of ``n``
+    samples) of the best."""
+    top = float(acc.max())
+    se = math.sqrt(max(top * (1 - top), 1e-4) / n)
+    return int((acc >= top - se - 1e-12).nonzero()[0])
+
+
+def _zsum(v: Tensor, n_layers: int) -> Tensor:
+    """``(B, 2L)`` two scores per layer -> ``(B, L)``: the sum of each score's z-score across
+    layers (a score equal on every layer contributes 0)."""
+    out = torch.zeros(v.shape[0], n_layers, dtype=torch.float64)
+    for part in (v[:, :n_layers], v[:, n_layers:]):
+        sd = part.std(1, unbiased=False, keepdim=True)
+        out += torch.where(sd > 0, (part - part.mean(1, keepdim=True)) / sd.clamp_min(1e-300), 0.0)
+    return out
+
+
+def _ridge_loo(
+    rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.device, margin: bool = False
+) -> Tensor:
+    """``(L, n)`` leave-one-out correctness (or, with ``margin``, margins) of ridge regression to
+    one-hot labels, per layer.
+
+    Each layer is standardised with the mean and standard deviation of all its samples (the
+    unlabelled ones too), then the ``n`` labelled rows are centred and, in kernel form,
+    ``H = K (K + lam I)^-1`` with ``K = X X^T`` gives every leave-one-out prediction in closed
+    form: ``t_i - (t_i - (H T)_i) / (1 - H_ii)``. ``lam`` is tried at 0.1, 1 and 10 times the
+    mean of ``diag(K)``; the best of the three per layer counts (most correct, or the highest
+    mean margin: the true class's LOO score minus the best other class's).
+    """
+    n = int(y.numel())
+    if n < 3:
+        raise HeadkitError(f"ridge_loo needs at least 3 labelled samples, got {n}")
+    _, yc, _ = encode_labels(y)
+    classes = int(yc.max()) + 1
+    if classes < 2:
+        raise HeadkitError("ridge_loo needs labels of at least 2 classes")
+    t = torch.nn.functional.one_hot(yc, classes).to(dev, torch.float64)
+    t = t - t.mean(0)
+    eye = torch.eye(n, dtype=torch.float64, device=dev)
+    out = []
+    ydev = yc.to(dev)
+    other = torch.nn.functional.one_hot(yc, classes).to(dev).bool()
+    for r in rows.values():
+        s1 = torch.zeros(r.d, dtype=torch.float64, device=dev)
+        s2 = torch.zeros(r.d, dtype=torch.float64, device=dev)
+        for block in r.chunks():
+            b = block.to(dev, torch.float64)
+            s1 += b.sum(0)
+            s2 += (b * b).sum(0)
+        mean = s1 / r.n
+        sd = (s2 / r.n - mean * mean).clamp_min(0).sqrt() + 1e-6
+        x = (r.take(keep).to(dev, torch.float64) - mean) / sd
+        x = x - x.mean(0)
+        k = x @ x.T
+        scale = float(torch.diagonal(k).mean().clamp_min(1e-12))
+        best: Tensor | None = None
+        for lam in _RIDGE_LAMBDAS:
+            h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
+            dh = (1 - torch.diagonal(h)).clamp_min(1e-9)
+            loo = t - (t - h @ t) / dh[:, None]
+            if margin:
+                true = loo.gather(1, ydev[:, None])[:, 0]
+                ok = (true - loo.masked_fill(other, -torch.inf).amax(1)).cpu()
+            else:
+                ok = (loo.argmax(1) == ydev).cpu().double()
+            if best is None or float(ok.sum()) > float(best.sum()):
+                best = ok
+        assert best is not None
+        out.append(best)
     return torch.stack(out)
 
 
@@ -461,6 +748,40 @@ def _linear_cv(
     return correct
 
 
+def guess_family(model: nn.Module) -> str:
+    """The benchmark family a model most resembles, from its modules' types and names.
+
+    ``"vit"`` (attention), ``"mixer"`` (a module named like ``Mixer``/``ConvNeXt``),
+    ``"resnet"`` (convolutions and a residual block), ``"cnn3"`` (convolutions), ``"mlp"``
+    (none of those). Used only to choose which benchmark cases `LayerChoice.bench` reports.
+
+    Args:
+        model: any module.
+
+    Returns:
+        A family name of the benchmark.
+
+    Example:
+        >>> from torch import nn
+        >>> from headkit.probe import guess_family
+        >>> guess_family(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+        'cnn3'
+        >>> guess_family(nn.TransformerEncoderLayer(16, 2))
+        'vit'
+    """
+    names = [type(m).__name__.lower() for m in model.modules()]
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or any(
+        "attention" in n for n in names
+    ):
+        return "vit"
+    if any("mixer" in n or "convnext" in n for n in names):
+        return "mixer"
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        residual = ("basicblock", "bottleneck", "resblock", "residual", "basic")
+        return "resnet" if any(n.startswith(residual) for n in names) else "cnn3"
+    return "mlp"
+
+
 def recommend_layer(
     model: nn.Module,
     loader: Iterable[Any],
@@ -481,18 +802,28 @@ def recommend_layer(
     progress: bool = True,
     amp: bool | torch.dtype = False,
     distributed: bool | None = None,
+    family: str | None = None,
+    objective: str | None = None,
 ) -> LayerChoice:
     """Which layer should I use, without a labelled downstream set? Pick one, and say how sure.
 
     Extracts every layer's features from ``loader`` (`extract_features`) and applies a rule
     (`RULES`): label-free measures of the features (``"rankme"``, ``"unevenness"``,
     ``"alpha_req"``, ``"nesum"``, ``"lidar"`` with ``views``), or, when the loader yields
-    labels, a few-label score (``"knn_loo"``: leave-one-out kNN accuracy; ``"linear_cv"``:
-    cross-validated linear probe), optionally on ``labels_per_class`` labels per class.
-    ``rule="auto"`` takes ``"knn_loo"`` when there are labels and ``"rankme"`` otherwise; how
-    often each rule picks a layer tied with the best linear probe is measured in
-    ``docs/layer-choice.md``. The answer's ``confidence`` is the share of bootstrap resamples in
-    which the chosen layer still wins; ``tied`` lists the layers the data cannot separate from it.
+    labels, a few-label score (``"ridge_loo"``: closed-form leave-one-out ridge accuracy;
+    ``"knn_loo"``: leave-one-out kNN accuracy; ``"linear_cv"``: cross-validated linear probe),
+    optionally on ``labels_per_class`` labels per class. ``rule="auto"`` takes the rule that
+    measured best on headkit's layer-choice benchmark (``docs/layer-choice.md``): its best
+    few-label rule when the loader yields labels, its best label-free rule otherwise.
+
+    The answer says how sure it is, three ways: ``confidence`` is the share of bootstrap
+    resamples in which the chosen layer still wins; ``tied`` lists the layers this data cannot
+    separate from it; ``bench`` (`BenchRecord`) says how often the rule's pick was tied with the
+    best layer, and how many points it lost on average, on the benchmark cases most like this
+    model (``family``, guessed from its modules when not given, and ``objective``), with the
+    case count and whether the rule met the benchmark's goal. Ten labels per class are worth
+    having: on the benchmark every label-free rule lost several times more than the few-label
+    rules.
 
     Args:
         model: the encoder (any model `LayerTap` takes).
@@ -515,9 +846,14 @@ def recommend_layer(
         progress: progress bars.
         amp: bfloat16 autocast for the extraction.
         distributed: as for `extract_features`.
+        family: the encoder family for ``.bench`` (``"mlp"``, ``"cnn3"``, ``"resnet"``,
+            ``"vit"``, ``"mixer"``); None: `guess_family`.
+        objective: the pretraining objective for ``.bench`` (``"simclr"``, ``"supcon"``,
+            ``"byol"``, ``"mae"``); None: every objective.
 
     Returns:
-        `LayerChoice` with ``.layer``, ``.scores``, ``.confidence``, ``.tied`` and ``.rule``.
+        `LayerChoice` with ``.layer``, ``.scores``, ``.confidence``, ``.tied``, ``.rule`` and
+        ``.bench``.
 
     Example:
         >>> import torch
@@ -526,8 +862,12 @@ def recommend_layer(
         >>> net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
         >>> data = [torch.randn(64, 8) for _ in range(4)]
         >>> choice = recommend_layer(net, data, progress=False, n_boot=20)
-        >>> choice.rule, choice.layer in ("0", "1", "2")
-        ('rankme', True)
+        >>> choice.labelled, choice.layer in ("0", "1", "2"), choice.info["family"]
+        (False, True, 'mlp')
+        >>> y = [torch.randint(0, 2, (64,)) for _ in range(4)]
+        >>> few = recommend_layer(net, list(zip(data, y)), labels_per_class=10, progress=False)
+        >>> few.labelled, few.n_samples
+        (True, 20)
     """
     opts = ExtractOptions(pool, device, max_samples, store, progress, amp, distributed)
     ex = extract(model, loader, layers, opts, desc="extract", where="recommend_layer")
@@ -555,8 +895,11 @@ def recommend_layer(
         cv_folds,
         probe_kwargs,
         dev,
+        family or guess_family(model),
+        objective,
     )
     choice.info.update({"device": str(dev), "pool": ex.info["pool"]})
+    choice.info["family_guessed"] = family is None
     d = dist_state(distributed)
     if d.on:  # every rank computed the same choice; rank 0's makes it identical bit for bit
         choice = d.broadcast_object(choice)
