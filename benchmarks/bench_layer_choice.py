@@ -222,7 +222,7 @@ class Case:
 def tied_of(correct: np.ndarray, n_boot: int, seed: int) -> tuple[int, list[int]]:
     """The best layer (highest test accuracy) and the layers tied with it (headkit's paired
     bootstrap over test samples, 95%)."""
-    from headkit.probe._stats import paired_bootstrap, tied_with
+    from headkit.probe import paired_bootstrap, tied_with
 
     bs = paired_bootstrap(torch.from_numpy(correct), n_boot, seed)
     tied = tied_with(bs.point, bs.samples)

@@ -20,7 +20,8 @@ from headkit.probe import (
     recommend_layer,
 )
 from headkit.probe import _bench_table as table
-from headkit.probe._choose import _RIDGE_LAMBDAS, _few_labels
+from headkit.probe._choose import _few_labels
+from headkit.probe._few_labels import RIDGE_LAMBDAS
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
@@ -63,7 +64,7 @@ def loo_reference(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     scale = float((xc * xc).sum(1).mean())
     n = len(y)
     best_acc, best_margin = 0.0, -math.inf
-    for lam in _RIDGE_LAMBDAS:
+    for lam in RIDGE_LAMBDAS:
         preds = np.empty_like(t)
         for i in range(n):
             keep = np.arange(n) != i

@@ -39,12 +39,14 @@ from ._online import OnlineLayerProbe
 from ._plot import plot_reports
 from ._registry import METRICS, Metric
 from ._report import SweepReport
+from ._stats import Bootstrap, paired_bootstrap, tied_with
 from ._sweep import layer_sweep
 
 __all__ = [
     "METRICS",
     "RULES",
     "BenchRecord",
+    "Bootstrap",
     "Features",
     "LayerChoice",
     "Metric",
@@ -63,8 +65,10 @@ __all__ = [
     "lidar",
     "linear_probe",
     "nesum",
+    "paired_bootstrap",
     "plot_reports",
     "rankme",
     "recommend_layer",
+    "tied_with",
     "unevenness",
 ]

@@ -16,10 +16,11 @@ from .._errors import HeadkitError, closest
 from .._layers.model import LayerSpec
 from .._layers.pool import Pool
 from . import _bench_table
+from ._bench import BenchRecord, bench_record, guess_family
 from ._checks import check_layers, knn_k_for
 from ._extract import ExtractOptions, Features, extract
-from ._linear import fit_linear
-from ._metrics import LidarStats, Moments, check_views, encode_labels, knn_predict, moments
+from ._few_labels import RIDGE_LAMBDAS, knn_loo, linear_cv, one_se, ridge_loo, zsum
+from ._metrics import LidarStats, Moments, check_views, moments
 from ._registry import METRICS, SPECTRAL, Frozen
 from ._rows import Rows
 from ._stats import paired_bootstrap, tied_with
@@ -82,126 +83,6 @@ _FEW_LABEL = (
     "ridge_margin_rankme",
     "ridge_cv",
 )
-_RIDGE_LAMBDAS = (0.1, 1.0, 10.0)
-
-
-@dataclass(frozen=True)
-class BenchRecord:
-    """How a rule fared on headkit's layer-choice benchmark (``benchmarks/bench_layer_choice.py``),
-    on the benchmark cases most like the user's.
-
-    A case is one pretrained encoder and one downstream task; the oracle is a linear probe on
-    every layer, and a pick counts as tied when the paired bootstrap (95%) over test images
-    cannot separate it from the best layer. The numbers come from a committed table
-    (``headkit/probe/_bench_table.py``) that the benchmark writes; they describe the families,
-    objectives and small images of that grid (``grid``), not every encoder.
-
-    Attributes:
-        rule: the rule (a key of `RULES`).
-        scope: which cases: ``"family=vit, objective=simclr"``, ``"family=vit"``,
-            ``"objective=simclr"`` or ``"all"`` (the narrowest with at least ``min_cases``).
-        cases: how many cases the numbers rest on.
-        tie_rate: share of those cases whose pick was tied with the oracle's best.
-        tie_interval: its 95% Wilson interval.
-        mean_regret: mean points of linear-probe accuracy lost against the best layer.
-        regret_interval: its 95% bootstrap interval over cases.
-        goal_met: whether the rule met the benchmark's goal (tied in >= 80% of all cases and a
-            lower mean regret than every fixed default, overall and in every family).
-        grid: what the benchmark covered.
-
-    Example:
-        >>> from headkit.probe import bench_record
-        >>> r = bench_record("knn_loo")
-        >>> r is None or (0.0 <= r.tie_rate <= 1.0 and r.cases > 0)
-        True
-    """
-
-    rule: str
-    scope: str
-    cases: int
-    tie_rate: float
-    tie_interval: tuple[float, float]
-    mean_regret: float
-    regret_interval: tuple[float, float]
-    goal_met: bool
-    grid: str
-
-    def __str__(self) -> str:
-        lo, hi = self.tie_interval
-        rlo, rhi = self.regret_interval
-        goal = "meets" if self.goal_met else "does NOT meet"
-        return (
-            f"on the benchmark ({self.scope}, {self.cases} cases) {self.rule} was tied with the best "
-            f"layer in {100 * self.tie_rate:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}) and lost "
-            f"{self.mean_regret:.1f} points on average ({rlo:.1f}-{rhi:.1f}); it {goal} the "
-            "benchmark's goal"
-        )
-
-
-def _scopes(family: str | None, objective: str | None) -> list[str]:
-    out = []
-    if family and objective:
-        out.append(f"family={family}, objective={objective}")
-    if family:
-        out.append(f"family={family}")
-    if objective:
-        out.append(f"objective={objective}")
-    return [*out, "all"]
-
-
-def bench_record(
-    rule: str, family: str | None = None, objective: str | None = None, min_cases: int = 10
-) -> BenchRecord | None:
-    """How ``rule`` fared on the benchmark cases most like ``(family, objective)``.
-
-    Looks up the committed benchmark table: the narrowest scope with at least ``min_cases``
-    cases among ``(family, objective)``, ``family``, ``objective`` and all cases.
-
-    Args:
-        rule: a key of `RULES`.
-        family: the encoder family (``"mlp"``, ``"cnn3"``, ``"resnet"``, ``"vit"``,
-            ``"mixer"`` on the current grid); None or unknown: not used.
-        objective: the pretraining objective (``"simclr"``, ``"supcon"``, ``"byol"``,
-            ``"mae"``); None or unknown: not used.
-        min_cases: the fewest cases a scope must have to be used.
-
-    Returns:
-        `BenchRecord`, or None when the benchmark did not measure ``rule``.
-
-    Example:
-        >>> from headkit.probe import bench_record
-        >>> r = bench_record("rankme", family="vit")
-        >>> r is None or r.scope in ("family=vit", "all")
-        True
-    """
-    table = _bench_table.TABLE.get(rule)
-    if not table:
-        return None
-    for scope in _scopes(family, objective):
-        row = table.get(scope)
-        if row is not None and row[1] >= min_cases:
-            hits, n, mean, lo, hi = row
-            return BenchRecord(
-                rule=rule,
-                scope=scope,
-                cases=n,
-                tie_rate=hits / n,
-                tie_interval=_wilson(hits, n),
-                mean_regret=mean,
-                regret_interval=(lo, hi),
-                goal_met=bool(_bench_table.GOAL_MET.get(rule, False)),
-                grid=_bench_table.GRID,
-            )
-    return None
-
-
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    z = 1.96
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 @dataclass
@@ -505,25 +386,25 @@ def _choose(
         check_layers(sub, y, k=knn_k if rule == "knn_loo" else None, loo=True)
         if rule == "knn_loo":
             knn_k = knn_k_for(knn_k, int(y.numel()) - 1)
-            correct = _knn_loo(sub, y, knn_k, dev)
+            correct = knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
         elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme", "ridge_1se"):
-            correct = _ridge_loo(
+            correct = ridge_loo(
                 rows, keep, y, dev, margin=rule in ("ridge_margin", "ridge_margin_rankme")
             )
-            info["ridge_lambdas"] = _RIDGE_LAMBDAS
+            info["ridge_lambdas"] = RIDGE_LAMBDAS
         else:
-            correct = _linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
+            correct = linear_cv(sub, y, cv_folds, seed, probe_kwargs, dev)
             info["cv_folds"] = cv_folds
         n = int(y.numel())
         if rule == "ridge_cv":
             # two few-label estimates on the same samples, each as z-scores across layers
-            ridge = _ridge_loo(rows, keep, y, dev).double()
+            ridge = ridge_loo(rows, keep, y, dev).double()
             both = torch.cat([ridge, correct.double()])
-            values = _zsum(both.mean(1)[None], len(keys))[0]
-            info["ridge_lambdas"] = _RIDGE_LAMBDAS
+            values = zsum(both.mean(1)[None], len(keys))[0]
+            info["ridge_lambdas"] = RIDGE_LAMBDAS
             if n_boot > 0:
-                samples = _zsum(paired_bootstrap(both, n_boot, seed).samples, len(keys))
+                samples = zsum(paired_bootstrap(both, n_boot, seed).samples, len(keys))
         else:
             values = correct.double().mean(1)
             if n_boot > 0:
@@ -568,11 +449,11 @@ def _choose(
         info["rankme"] = {k: float(v) for k, v in zip(keys, rk.tolist(), strict=True)}
         info["excluded"] = [k for k, e in zip(keys, excluded.tolist(), strict=True) if e]
     if rule == "ridge_1se":
-        best = _one_se(keyv, n)
+        best = one_se(keyv, n)
         confidence = None
         tied = [keys[best]]
         if samples is not None:
-            picks = torch.tensor([_one_se(row, n) for row in samples])
+            picks = torch.tensor([one_se(row, n) for row in samples])
             confidence = float((picks == best).double().mean())
             diff = samples[:, best : best + 1] - samples
             lo, hi = torch.quantile(diff, torch.tensor([0.025, 0.975], dtype=diff.dtype), dim=0)
@@ -617,169 +498,6 @@ def _resample_lidar(per_layer: list[list[LidarStats]], n_boot: int, seed: int) -
             except HeadkitError:
                 out[b, li] = float("nan")
     return out
-
-
-def _knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) -> Tensor:
-    if y.numel() < 2:
-        raise HeadkitError("knn_loo needs at least 2 labelled samples")
-    classes, yc, _ = encode_labels(y)
-    out = []
-    for r in rows.values():
-        pred = knn_predict(
-            r, yc, r, num_classes=classes.numel(), k=k, device=dev, exclude_self=True
-        )
-        out.append(pred.cpu() == yc)
-    return torch.stack(out)
-
-
-def _one_se(acc: Tensor, n: int) -> int:
-    """Index of the first layer whose accuracy is within one binomial standard error (of ``n``
-    samples) of the best."""
-    top = float(acc.max())
-    se = math.sqrt(max(top * (1 - top), 1e-4) / n)
-    return int((acc >= top - se - 1e-12).nonzero()[0])
-
-
-def _zsum(v: Tensor, n_layers: int) -> Tensor:
-    """``(B, 2L)`` two scores per layer -> ``(B, L)``: the sum of each score's z-score across
-    layers (a score equal on every layer contributes 0)."""
-    out = torch.zeros(v.shape[0], n_layers, dtype=torch.float64)
-    for part in (v[:, :n_layers], v[:, n_layers:]):
-        sd = part.std(1, unbiased=False, keepdim=True)
-        out += torch.where(sd > 0, (part - part.mean(1, keepdim=True)) / sd.clamp_min(1e-300), 0.0)
-    return out
-
-
-def _ridge_loo(
-    rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.device, margin: bool = False
-) -> Tensor:
-    """``(L, n)`` leave-one-out correctness (or, with ``margin``, margins) of ridge regression to
-    one-hot labels, per layer.
-
-    Each layer is standardised with the mean and standard deviation of all its samples (the
-    unlabelled ones too), then the ``n`` labelled rows are centred and, in kernel form,
-    ``H = K (K + lam I)^-1`` with ``K = X X^T`` gives every leave-one-out prediction in closed
-    form: ``t_i - (t_i - (H T)_i) / (1 - H_ii)``. ``lam`` is tried at 0.1, 1 and 10 times the
-    mean of ``diag(K)``; the best of the three per layer counts (most correct, or the highest
-    mean margin: the true class's LOO score minus the best other class's).
-    """
-    n = int(y.numel())
-    if n < 3:
-        raise HeadkitError(f"ridge_loo needs at least 3 labelled samples, got {n}")
-    _, yc, _ = encode_labels(y)
-    classes = int(yc.max()) + 1
-    if classes < 2:
-        raise HeadkitError("ridge_loo needs labels of at least 2 classes")
-    t = torch.nn.functional.one_hot(yc, classes).to(dev, torch.float64)
-    t = t - t.mean(0)
-    eye = torch.eye(n, dtype=torch.float64, device=dev)
-    out = []
-    ydev = yc.to(dev)
-    other = torch.nn.functional.one_hot(yc, classes).to(dev).bool()
-    for r in rows.values():
-        s1 = torch.zeros(r.d, dtype=torch.float64, device=dev)
-        s2 = torch.zeros(r.d, dtype=torch.float64, device=dev)
-        for block in r.chunks():
-            b = block.to(dev, torch.float64)
-            s1 += b.sum(0)
-            s2 += (b * b).sum(0)
-        mean = s1 / r.n
-        sd = (s2 / r.n - mean * mean).clamp_min(0).sqrt() + 1e-6
-        x = (r.take(keep).to(dev, torch.float64) - mean) / sd
-        x = x - x.mean(0)
-        k = x @ x.T
-        scale = float(torch.diagonal(k).mean().clamp_min(1e-12))
-        best: Tensor | None = None
-        for lam in _RIDGE_LAMBDAS:
-            h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
-            dh = (1 - torch.diagonal(h)).clamp_min(1e-9)
-            loo = t - (t - h @ t) / dh[:, None]
-            if margin:
-                true = loo.gather(1, ydev[:, None])[:, 0]
-                ok = (true - loo.masked_fill(other, -torch.inf).amax(1)).cpu()
-            else:
-                ok = (loo.argmax(1) == ydev).cpu().double()
-            if best is None or float(ok.sum()) > float(best.sum()):
-                best = ok
-        assert best is not None
-        out.append(best)
-    return torch.stack(out)
-
-
-def _linear_cv(
-    rows: dict[LayerSpec, Rows],
-    y: Tensor,
-    folds: int,
-    seed: int,
-    probe_kwargs: Mapping[str, Any] | None,
-    dev: torch.device,
-) -> Tensor:
-    n = y.numel()
-    folds = min(folds, n)
-    if folds < 2:
-        raise HeadkitError(
-            f"linear_cv needs at least 2 labelled samples and cv_folds >= 2, got {n} and {folds}"
-        )
-    kw = {"seed": seed, "device": dev, "epochs": 50, **dict(probe_kwargs or {})}
-    gen = torch.Generator().manual_seed(seed)
-    # stratified folds: each class's samples dealt round-robin after a seeded shuffle
-    order = torch.randperm(n, generator=gen)
-    fold = torch.empty(n, dtype=torch.long)
-    counters: dict[int, int] = {}
-    for i in order.tolist():
-        c = int(y[i])
-        fold[i] = counters.get(c, 0) % folds
-        counters[c] = counters.get(c, 0) + 1
-    correct = torch.zeros(len(rows), n, dtype=torch.bool)
-    for f in range(folds):
-        te = (fold == f).nonzero().view(-1)
-        tr = (fold != f).nonzero().view(-1)
-        if te.numel() == 0 or torch.unique(y[tr]).numel() < 2:
-            continue
-        res = fit_linear(
-            {k: r.select(tr) for k, r in rows.items()},
-            y[tr],
-            {k: r.select(te) for k, r in rows.items()},
-            y[te],
-            **kw,
-        )
-        for li, k in enumerate(rows):
-            correct[li, te] = res.correct[k]
-    return correct
-
-
-def guess_family(model: nn.Module) -> str:
-    """The benchmark family a model most resembles, from its modules' types and names.
-
-    ``"vit"`` (attention), ``"mixer"`` (a module named like ``Mixer``/``ConvNeXt``),
-    ``"resnet"`` (convolutions and a residual block), ``"cnn3"`` (convolutions), ``"mlp"``
-    (none of those). Used only to choose which benchmark cases `LayerChoice.bench` reports.
-
-    Args:
-        model: any module.
-
-    Returns:
-        A family name of the benchmark.
-
-    Example:
-        >>> from torch import nn
-        >>> from headkit.probe import guess_family
-        >>> guess_family(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
-        'cnn3'
-        >>> guess_family(nn.TransformerEncoderLayer(16, 2))
-        'vit'
-    """
-    names = [type(m).__name__.lower() for m in model.modules()]
-    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or any(
-        "attention" in n for n in names
-    ):
-        return "vit"
-    if any("mixer" in n or "convnext" in n for n in names):
-        return "mixer"
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        residual = ("basicblock", "bottleneck", "resblock", "residual", "basic")
-        return "resnet" if any(n.startswith(residual) for n in names) else "cnn3"
-    return "mlp"
 
 
 def recommend_layer(

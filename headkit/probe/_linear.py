@@ -631,7 +631,8 @@ def linear_probe(
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(400, 5, generator=g); y = (x[:, 0] > 0).long()
         >>> acc = linear_probe({"a": x[:300]}, y[:300], {"a": x[300:]}, y[300:])
-        >>> acc["a"] > 0.9, acc.settings["a"]["weight_decay"] in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+        >>> chosen = acc.settings["a"]
+        >>> acc["a"] > 0.9, chosen["weight_decay"] in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
         (True, True)
     """
     tr = _as_dict(train_feats, "train_feats")

@@ -54,6 +54,13 @@ class Bootstrap:
         samples: ``(B, L)`` accuracies on B resamples of the test set, the same resample for
             every layer in a row (paired).
         n: test samples behind each accuracy.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import paired_bootstrap
+        >>> boot = paired_bootstrap(torch.tensor([[1, 1, 0, 1]]), n_boot=10)
+        >>> boot.n, boot.intervals().shape
+        (4, torch.Size([1, 2]))
     """
 
     point: Tensor
@@ -90,6 +97,22 @@ def tied_with(keys: Tensor, samples: Tensor, level: float = 0.95) -> list[int]:
     """Best of ``keys`` (L,) and the layers whose paired difference from it includes 0.
 
     ``samples`` ``(B, L)`` holds the bootstrap values on the same "larger is better" scale.
+
+    Args:
+        keys: ``(L,)`` the layers' scores (larger is better).
+        samples: ``(B, L)`` their paired bootstrap values (`paired_bootstrap`).
+        level: the confidence level of the paired difference.
+
+    Returns:
+        Indices of the best layer and of every layer not separable from it.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import paired_bootstrap, tied_with
+        >>> correct = torch.stack([torch.arange(200) % 10 < 9, torch.arange(200) % 10 < 5])
+        >>> boot = paired_bootstrap(correct, n_boot=200)
+        >>> tied_with(boot.point, boot.samples)
+        [0]
     """
     best = int(torch.argmax(keys))
     diff = samples[:, best : best + 1] - samples
@@ -112,6 +135,13 @@ def paired_bootstrap(correct: Tensor, n_boot: int, seed: int = 0) -> Bootstrap:
     Returns:
         `Bootstrap` with ``point`` ``(L,)``, ``samples`` ``(n_boot, L)`` (float64, CPU) and
         ``n`` = M.
+
+    Example:
+        >>> import torch
+        >>> from headkit.probe import paired_bootstrap
+        >>> boot = paired_bootstrap(torch.ones(3, 50, dtype=torch.bool), n_boot=100)
+        >>> boot.point.tolist(), tuple(boot.samples.shape)
+        ([1.0, 1.0, 1.0], (100, 3))
     """
     if correct.dim() != 2 or correct.shape[1] == 0:
         raise HeadkitError(f"correctness must be (L, M) with M >= 1, got {tuple(correct.shape)}")
