@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from headkit.probe import FEW_LABEL_RULES
+
 NAMES = {
     "rankme": "label-free: RankMe (highest)",
     "unevenness": "label-free: unevenness (lowest)",
@@ -422,15 +424,7 @@ def write_table(
             keys, key=lambda k: (table[k]["all"][0] / table[k]["all"][1], -table[k]["all"][2])
         )
 
-    few_keys = (
-        "knn_loo",
-        "linear_cv",
-        "ridge_loo",
-        "ridge_margin",
-        "ridge_margin_rankme",
-        "ridge_cv",
-        "ridge_1se",
-    )
+    few_keys = FEW_LABEL_RULES
     few = best([k for k in table if k in few_keys])
     free = best([k for k in table if k not in few_keys])
     lines = [

@@ -8,13 +8,16 @@ The package, one module per concern: ``_extract`` (features from a model, distri
 gathering, stores), ``_rows`` (features read in batches, from memory or disk), ``_linear``
 (batched linear probes), ``_metrics`` (kNN and the label-free measures), ``_registry`` (the
 metric registry), ``_stats`` (paired bootstrap), ``_report`` (`SweepReport`), ``_plot``
-(figures), ``_sweep`` (`layer_sweep`), ``_choose`` (`recommend_layer`), ``_views`` (multi-view
-batches for LiDAR), ``_online`` (`OnlineLayerProbe`), ``_dist`` (torch.distributed helpers).
+(figures), ``_sweep`` (`layer_sweep`), ``_choose`` (`recommend_layer`), ``_few_labels`` (the
+few-label rules), ``_bench`` (how each rule fared on the benchmark), ``_views`` (multi-view
+batches for LiDAR), ``_online`` (`OnlineLayerProbe`); torch.distributed lives in
+``headkit._dist``.
 """
 
 from __future__ import annotations
 
 from ._choose import (
+    FEW_LABEL_RULES,
     RULES,
     BenchRecord,
     LayerChoice,
@@ -43,6 +46,7 @@ from ._stats import Bootstrap, paired_bootstrap, tied_with
 from ._sweep import layer_sweep
 
 __all__ = [
+    "FEW_LABEL_RULES",
     "METRICS",
     "RULES",
     "BenchRecord",

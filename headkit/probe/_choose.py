@@ -27,6 +27,7 @@ from ._stats import paired_bootstrap, tied_with
 from ._views import merge, view_stats
 
 __all__ = [
+    "FEW_LABEL_RULES",
     "RULES",
     "BenchRecord",
     "LayerChoice",
@@ -74,7 +75,8 @@ RULES: RuleRegistry = RuleRegistry(
         "among the layers whose RankMe (on every sample) is at least the median of the layers'",
     }
 )
-_FEW_LABEL = (
+#: The rules of `RULES` that need a few labelled samples (the rest are label-free).
+FEW_LABEL_RULES = (
     "ridge_1se",
     "knn_loo",
     "linear_cv",
@@ -143,7 +145,7 @@ def _check_rule(rule: str, has_labels: bool, has_views: bool) -> str:
         raise HeadkitError(
             f"unknown rule {rule!r}; choose from {list(RULES)} (or 'auto'); closest: {closest(rule, RULES)}"
         )
-    if rule in _FEW_LABEL and not has_labels:
+    if rule in FEW_LABEL_RULES and not has_labels:
         raise HeadkitError(
             f"rule {rule!r} needs labels, but there are none (the loader yields inputs only)"
         )
@@ -240,7 +242,7 @@ def _resample_spectral(rule: str, per_layer: list[_Blocks], n_boot: int, seed: i
 
 
 def _key_tensor(rule: str, values: Tensor) -> Tensor:
-    if rule in _FEW_LABEL:
+    if rule in FEW_LABEL_RULES:
         return values
     m = METRICS[rule]
     if m.direction == "higher":
@@ -376,7 +378,7 @@ def _choose(
     keys = list(rows)
     info: dict[str, Any] = {"n_boot": n_boot, "seed": seed}
     samples: Tensor | None = None
-    if rule in _FEW_LABEL:
+    if rule in FEW_LABEL_RULES:
         assert labels is not None
         keep = _few_labels(labels.cpu(), labels_per_class, seed)
         y = labels.cpu()[keep]
@@ -470,7 +472,7 @@ def _choose(
         ks = torch.nan_to_num(ks, nan=-torch.inf).masked_fill(excluded, -torch.inf)
         confidence = float((ks.argmax(1) == best).double().mean())
         tied = [keys[i] for i in tied_with(keyv, ks)]
-    direction = "higher" if rule in _FEW_LABEL else METRICS[rule].direction
+    direction = "higher" if rule in FEW_LABEL_RULES else METRICS[rule].direction
     info["family"], info["objective"] = family, objective
     return LayerChoice(
         layer=keys[best],
@@ -479,7 +481,7 @@ def _choose(
         direction=direction,
         confidence=confidence,
         tied=tied,
-        labelled=rule in _FEW_LABEL,
+        labelled=rule in FEW_LABEL_RULES,
         n_samples=n,
         info=info,
         bench=bench_record(rule, family, objective),
