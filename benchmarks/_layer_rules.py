@@ -75,16 +75,23 @@ def standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (x - mu) / sd
 
 
+def _ridge_setup(
+    x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The centred kernel, centred one-hot targets, class indices, classes and the kernel's mean
+    diagonal (the scale of the ridge penalties) of the ridge rules."""
+    xc = x - x.mean(0)
+    k = xc @ xc.T
+    classes, yi = np.unique(y, return_inverse=True)
+    t = np.eye(classes.size)[yi]
+    return k, t - t.mean(0), yi, classes, float(np.trace(k) / x.shape[0])
+
+
 def ridge_loo(x: np.ndarray, y: np.ndarray, lams: tuple[float, ...] = (0.1, 1.0, 10.0)) -> float:
     """Closed-form leave-one-out accuracy of ridge regression to one-hot labels (kernel form,
     ``lam`` relative to the mean squared norm), best over ``lams``."""
+    k, t, yi, _, scale = _ridge_setup(x, y)
     n = x.shape[0]
-    x = x - x.mean(0)
-    k = x @ x.T
-    classes, yi = np.unique(y, return_inverse=True)
-    t = np.eye(classes.size)[yi]
-    t = t - t.mean(0)
-    scale = np.trace(k) / n
     best = 0.0
     for lam in lams:
         h = k @ np.linalg.inv(k + lam * scale * np.eye(n))
@@ -137,13 +144,8 @@ def ridge_scores(
     """Continuous leave-one-out scores of ridge regression to one-hot labels: PRESS (mean
     squared LOO residual, lower is better, best lambda) and the mean LOO margin (true-class
     score minus the best other class, higher is better, best lambda)."""
+    k, t, yi, classes, scale = _ridge_setup(x, y)
     n = x.shape[0]
-    x = x - x.mean(0)
-    k = x @ x.T
-    classes, yi = np.unique(y, return_inverse=True)
-    t = np.eye(classes.size)[yi]
-    t = t - t.mean(0)
-    scale = np.trace(k) / n
     press, margin = np.inf, -np.inf
     for lam in lams:
         h = k @ np.linalg.inv(k + lam * scale * np.eye(n))

@@ -146,6 +146,11 @@ def stage_train(cfg: G.Cfg, data: G.GridData, cache: str, log: Any) -> None:
     log(f"trained {cfg.name():22s} in {meta['seconds']:6.1f}s (loss {meta['loss']:.3f})")
 
 
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Cached float16 features as float32 tensors, per layer."""
+    return {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
+
+
 def stage_oracle(cfg: G.Cfg, data: G.GridData, cache: str, log: Any, smoke: bool) -> bool:
     p = paths(cache, cfg)
     if os.path.exists(p["oracle"]):
@@ -154,8 +159,8 @@ def stage_oracle(cfg: G.Cfg, data: G.GridData, cache: str, log: Any, smoke: bool
         return False
     t0 = time.time()
     f = load_feats(p["feats"])
-    tr = {k: torch.from_numpy(v.astype(np.float32)) for k, v in f["train"].items()}
-    te = {k: torch.from_numpy(v.astype(np.float32)) for k, v in f["test"].items()}
+    tr = _tensors(f["train"])
+    te = _tensors(f["test"])
     arrays = {}
     for task in G.tasks_of(cfg):
         kw = {"epochs": 5} if smoke else ({"epochs": ORACLE_EPOCHS} if ORACLE_EPOCHS else {})
@@ -176,8 +181,8 @@ def stage_rules(cfg: G.Cfg, data: G.GridData, cache: str, log: Any, smoke: bool)
         return False
     t0 = time.time()
     f = load_feats(p["feats"])
-    tr = {k: torch.from_numpy(v.astype(np.float32)) for k, v in f["train"].items()}
-    vu = {k: torch.from_numpy(v.astype(np.float32)) for k, v in f["vu"].items()}
+    tr = _tensors(f["train"])
+    vu = _tensors(f["vu"])
     out: dict[str, Any] = {"label_free": {}, "few": {}}
     for rule in LABEL_FREE:
         c = hp.choose_layer(tr, rule=rule, views=vu if rule == "lidar" else None, n_boot=0)

@@ -9,27 +9,19 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from headkit import HeadkitError, SweepReport, layer_sweep
-from headkit.probe import choose_layer, extract_features, plot_reports, recommend_layer
+from headkit.probe import (
+    choose_layer,
+    extract_features,
+    paired_bootstrap,
+    plot_reports,
+    recommend_layer,
+)
 from headkit.probe._metrics import knn_predict
 from headkit.probe._rows import Rows
-from headkit.probe._stats import paired_bootstrap
 
-
-class Slices(nn.Module):
-    """Taps that are fixed slices of the input: features of a known quality, no training."""
-
-    def __init__(self, spans: dict[str, tuple[int, int]]) -> None:
-        super().__init__()
-        self.spans = spans
-        for name in spans:
-            self.add_module(name, nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [getattr(self, k)(x[:, a:b]) for k, (a, b) in self.spans.items()]
-        return torch.cat(outs, 1)
+from ._slices import Slices
 
 
 def known_accuracy(

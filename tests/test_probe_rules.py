@@ -23,20 +23,9 @@ from headkit.probe import _bench_table as table
 from headkit.probe._choose import _few_labels
 from headkit.probe._few_labels import RIDGE_LAMBDAS
 
+from ._slices import Slices
+
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
-
-
-class Slices(nn.Module):
-    """Taps that are fixed slices of the input: layers of a known quality, no training."""
-
-    def __init__(self, spans: dict[str, tuple[int, int]]) -> None:
-        super().__init__()
-        self.spans = spans
-        for name in spans:
-            self.add_module(name, nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([getattr(self, k)(x[:, a:b]) for k, (a, b) in self.spans.items()], 1)
 
 
 def data(n: int = 600, c: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

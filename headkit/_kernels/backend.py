@@ -30,6 +30,7 @@ __all__ = [
     "TRITON_DEVICE_TYPES",
     "CheckResult",
     "block_d",
+    "check_verdict",
     "compute_dtype",
     "dot_precision",
     "mark_failed",
@@ -218,3 +219,15 @@ def rel_err(x: Tensor, ref: Tensor) -> float:
     if not bool(torch.isfinite(x).all()):
         return math.inf
     return float((x - ref).abs().max() / ref.abs().max().clamp_min(1.0)) if ref.numel() else 0.0
+
+
+def check_verdict(errs: dict[str, float], tol: float, shape: str) -> CheckResult:
+    """A self-check's verdict from ``{quantity: relative error}``: failed, with the worst
+    quantity named, when it exceeds ``tol``; ``shape`` describes the check's input."""
+    what, worst = max(errs.items(), key=lambda kv: kv[1])
+    if worst > tol:
+        return False, (
+            f"disagrees with the PyTorch path on a {shape} check: max relative error "
+            f"{worst:.3g} in {what}, tolerance {tol:.0e}"
+        )
+    return True, ""
