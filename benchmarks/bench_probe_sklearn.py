@@ -165,14 +165,19 @@ def main() -> None:
     ap.add_argument("--skip-time", action="store_true")
     args = ap.parse_args()
     import sklearn
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    _sk()  # load scikit-learn's and SciPy's thread pools first: a limit covers only those loaded
+    import scipy.optimize  # noqa: F401  (the lbfgs of LogisticRegression)
 
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
+    pools = sorted({f"{i['internal_api']}={i['num_threads']}" for i in threadpool_info()})
     print(
         f"torch {torch.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{args.threads} thread(s) per side, load average {os.getloadavg()[0]:.1f} at start"
+        f"{args.threads} thread(s) per side (torch {torch.get_num_threads()}; thread pools "
+        f"{', '.join(pools)}), load average {os.getloadavg()[0]:.1f} at start"
     )
     xd, yd = digits()
     fm = fashion(3000 if args.smoke else 6000)

@@ -14,6 +14,7 @@ from headkit import HeadkitError
 from headkit.probe import (
     RULES,
     BenchRecord,
+    alpha_req,
     bench_record,
     choose_layer,
     guess_family,
@@ -42,17 +43,20 @@ def data(n: int = 600, c: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.T
 SPANS = {"good": (0, 8), "noise": (8, 16), "weak": (16, 24)}
 
 
-def loo_reference(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def loo_predictions(
+    x: np.ndarray, y: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Explicit leave-one-out: scikit-learn's Ridge refit n times (float64), on the features
-    standardised with all rows and centred on the labelled ones, as the rule defines them; the
-    best accuracy and the best mean margin over the rule's lambdas."""
+    standardised with all rows and centred on the labelled ones, as the rules define them; per
+    lambda of the rules, the leave-one-out predictions ``(n, C)``, the centred one-hot targets,
+    the class indices and the one-hot mask."""
     xc = x - x.mean(0)
     classes, yi = np.unique(y, return_inverse=True)
-    t = np.eye(classes.size)[yi]
-    t = t - t.mean(0)
+    onehot = np.eye(classes.size)[yi]
+    t = onehot - onehot.mean(0)
     scale = float((xc * xc).sum(1).mean())
     n = len(y)
-    best_acc, best_margin = 0.0, -math.inf
+    out = []
     for lam in RIDGE_LAMBDAS:
         preds = np.empty_like(t)
         for i in range(n):
@@ -60,9 +64,17 @@ def loo_reference(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
             m = sklearn_linear.Ridge(alpha=lam * scale, fit_intercept=False, solver="cholesky")
             m.fit(xc[keep], t[keep])
             preds[i] = m.predict(xc[i : i + 1])[0]
+        out.append((preds, t, yi, onehot))
+    return out
+
+
+def loo_reference(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The best leave-one-out accuracy and the best mean margin over the rules' lambdas."""
+    best_acc, best_margin = 0.0, -math.inf
+    for preds, _, yi, onehot in loo_predictions(x, y):
         acc = float((preds.argmax(1) == yi).mean())
-        true = preds[np.arange(n), yi]
-        other = np.where(np.eye(classes.size)[yi] > 0, -np.inf, preds).max(1)
+        true = preds[np.arange(len(yi)), yi]
+        other = np.where(onehot > 0, -np.inf, preds).max(1)
         best_acc = max(best_acc, acc)
         best_margin = max(best_margin, float((true - other).mean()))
     return best_acc, best_margin
@@ -245,3 +257,61 @@ def test_ridge_1se_takes_the_first_layer_within_one_standard_error() -> None:
                        labels_per_class=10, n_boot=0)  # fmt: skip
     expect_rev = next(k for k in reversed(list(feats)) if ref.scores[k] >= top - se - 1e-12)
     assert rev.layer == expect_rev
+
+
+def press_reference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Explicit leave-one-out squared residuals ``(n,)`` at the rules' lambda with the lowest
+    mean (PRESS)."""
+    res = [((t - preds) ** 2).sum(1) for preds, t, _, _ in loo_predictions(x, y)]
+    return min(res, key=lambda r: float(r.mean()))
+
+
+def test_ridge_press_alpha_narrows_by_press_and_picks_by_alpha_req() -> None:
+    """The rule against references: PRESS from scikit-learn's Ridge refit n times, the layers
+    within one paired standard error from those per-sample residuals, alpha-ReQ from the public
+    measure on every sample; a projection head's layers are left out."""
+    x, y = data(n=300)
+    g = torch.Generator().manual_seed(7)
+    # 'twin' is 'good' with a little noise (within one standard error of it at 10 labels per
+    # class: alpha-ReQ decides between the two); 'projector.out' names the class better than any layer (a head: left out)
+    twin = x[:, :8] + 0.1 * torch.randn(300, 8, generator=g)
+    head = torch.nn.functional.one_hot(y, 4).float() * 4 + 0.5 * torch.randn(300, 4, generator=g)
+    feats = {"twin": twin, **{k: x[:, a:b] for k, (a, b) in SPANS.items()}, "projector.out": head}
+    c = choose_layer(feats, y, rule="ridge_press_alpha", labels_per_class=10, n_boot=50)
+    keep = _few_labels(y, 10, 0).numpy()
+    per = {}
+    for k, v in feats.items():
+        xs = v.double().numpy()
+        xs = (xs - xs.mean(0)) / (xs.std(0) + 1e-6)
+        per[k] = -press_reference(xs[keep], y.numpy()[keep])
+    n = keep.size
+    tol = 1e3 * torch.finfo(torch.float64).eps * n
+    for k in feats:
+        assert c.scores[k] == pytest.approx(float(per[k].mean()), rel=tol, abs=tol)
+    assert c.info["excluded"] == ["projector.out"]
+    body = [k for k in feats if k != "projector.out"]
+    top = max(body, key=lambda k: per[k].mean())
+    near = []
+    for k in body:
+        d = per[top] - per[k]
+        if d.mean() <= d.std(ddof=1) / math.sqrt(n) + 1e-12:
+            near.append(k)
+    assert c.info["within_1se"] == near == c.tied
+    assert len(near) >= 2 and "noise" not in near and "projector.out" not in near
+    alphas = {k: alpha_req(feats[k]) for k in near}
+    assert {k: c.info["alpha_req"][k] for k in near} == pytest.approx(alphas, rel=1e-6)
+    assert c.layer == min(near, key=lambda k: abs(alphas[k] - 1))
+    assert c.confidence is not None and 0.0 <= c.confidence <= 1.0
+    # every layer in a head: none is left out
+    only = choose_layer({"head.a": x[:, :8], "head.b": x[:, 8:16]}, y, rule="ridge_press_alpha",
+                        labels_per_class=10, n_boot=0)  # fmt: skip
+    assert only.info["excluded"] == [] and only.layer == "head.a"
+
+
+def test_is_head_reads_module_names() -> None:
+    from headkit.probe._few_labels import is_head
+
+    for name in ("head", "head.0", "projection_head.layers.2", "model.projector", "predictor.1"):
+        assert is_head(name), name
+    for name in ("blocks.3", "encoder.layer.11", "headless.0", 3, "backbone.layer4"):
+        assert not is_head(name), name

@@ -43,6 +43,7 @@ class BenchRecord:
         goal_met: whether the rule met the benchmark's goal (tied in >= 80% of all cases and a
             lower mean regret than every fixed default, overall and in every family).
         grid: what the benchmark covered.
+        goal_note: how the rule fared against each part of the goal (all cases).
 
     Example:
         >>> from headkit.probe import bench_record
@@ -60,16 +61,18 @@ class BenchRecord:
     regret_interval: tuple[float, float]
     goal_met: bool
     grid: str
+    goal_note: str = ""
 
     def __str__(self) -> str:
         lo, hi = self.tie_interval
         rlo, rhi = self.regret_interval
         goal = "meets" if self.goal_met else "does NOT meet"
+        note = f" ({self.goal_note})" if self.goal_note and not self.goal_met else ""
         return (
             f"on the benchmark ({self.scope}, {self.cases} cases) {self.rule} was tied with the best "
             f"layer in {100 * self.tie_rate:.0f}% ({100 * lo:.0f}-{100 * hi:.0f}) and lost "
             f"{self.mean_regret:.1f} points on average ({rlo:.1f}-{rhi:.1f}); it {goal} the "
-            "benchmark's goal"
+            f"benchmark's goal{note}"
         )
 
 
@@ -125,6 +128,7 @@ def bench_record(
                 mean_regret=mean,
                 regret_interval=(lo, hi),
                 goal_met=bool(_bench_table.GOAL_MET.get(rule, False)),
+                goal_note=_bench_table.GOAL_NOTE.get(rule, ""),
                 grid=_bench_table.GRID,
             )
     return None

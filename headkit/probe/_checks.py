@@ -39,6 +39,7 @@ __all__ = [
     "degenerate",
     "knn_k_for",
     "nonfinite",
+    "nonfinite_rows",
     "too_few",
 ]
 
@@ -57,6 +58,21 @@ def degenerate(layer: object, problem: str) -> DegenerateData:
     return DegenerateData(f"layer {layer!r} cannot be measured: {problem}; {_SEE}")
 
 
+def nonfinite_rows(block: Tensor) -> int:
+    """How many rows of ``block`` ``(N, D)`` hold a NaN or an inf.
+
+    A finite sum proves every entry finite (a NaN or an inf reaches the sum), so the common case
+    costs one reduction; the row count runs only when the sum is not finite (bad data, or finite
+    values whose sum overflows).
+    """
+    if block.numel() == 0 or not block.is_floating_point():
+        return 0
+    acc = torch.float64 if block.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(block.sum(dtype=acc))):
+        return 0
+    return int((~torch.isfinite(block)).any(1).sum())
+
+
 def _scan(rows: Rows, want_constant: bool) -> tuple[int, bool]:
     """Rows with a NaN/inf value, and whether every row equals the first one (one pass)."""
     bad = 0
@@ -65,11 +81,12 @@ def _scan(rows: Rows, want_constant: bool) -> tuple[int, bool]:
     for block in rows.chunks():
         if block.shape[0] == 0:
             continue
-        bad += int((~torch.isfinite(block)).any(1).sum())
+        bad += nonfinite_rows(block)
         if want_constant and constant and not bad:
             if first is None:
                 first = block[:1]
-            constant = not bool((block != first).any())
+            # the first rows usually differ already: the full comparison only when they do not
+            constant = not bool((block[:8] != first).any()) and not bool((block != first).any())
     return bad, constant
 
 

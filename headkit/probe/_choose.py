@@ -19,7 +19,16 @@ from . import _bench_table
 from ._bench import BenchRecord, bench_record, guess_family
 from ._checks import check_layers, knn_k_for
 from ._extract import ExtractOptions, Features, extract
-from ._few_labels import RIDGE_LAMBDAS, knn_loo, linear_cv, one_se, ridge_loo, zsum
+from ._few_labels import (
+    RIDGE_LAMBDAS,
+    is_head,
+    knn_loo,
+    linear_cv,
+    one_se,
+    ridge_loo,
+    within_se,
+    zsum,
+)
 from ._metrics import LidarStats, Moments, check_views, moments
 from ._registry import METRICS, SPECTRAL, Frozen
 from ._rows import Rows
@@ -73,10 +82,15 @@ RULES: RuleRegistry = RuleRegistry(
         "(two noisy estimates on the same labelled samples, averaged)",
         "ridge_margin_rankme": "few labels + a label-free prefilter: the highest ridge_margin "
         "among the layers whose RankMe (on every sample) is at least the median of the layers'",
+        "ridge_press_alpha": "few labels narrow, a label-free measure picks: the layers outside "
+        "a projection head whose ridge leave-one-out squared error (PRESS) is within one paired "
+        "standard error of the best, and among them the one whose alpha-ReQ (on every sample) "
+        "is closest to 1",
     }
 )
 #: The rules of `RULES` that need a few labelled samples (the rest are label-free).
 FEW_LABEL_RULES = (
+    "ridge_press_alpha",
     "ridge_1se",
     "knn_loo",
     "linear_cv",
@@ -390,9 +404,14 @@ def _choose(
             knn_k = knn_k_for(knn_k, int(y.numel()) - 1)
             correct = knn_loo(sub, y, knn_k, dev)
             info["knn_k"] = knn_k
-        elif rule in ("ridge_loo", "ridge_margin", "ridge_margin_rankme", "ridge_1se"):
+        elif rule in _RIDGE_RULES:
             correct = ridge_loo(
-                rows, keep, y, dev, margin=rule in ("ridge_margin", "ridge_margin_rankme")
+                rows,
+                keep,
+                y,
+                dev,
+                margin=rule in ("ridge_margin", "ridge_margin_rankme"),
+                press=rule == "ridge_press_alpha",
             )
             info["ridge_lambdas"] = RIDGE_LAMBDAS
         else:
@@ -450,7 +469,10 @@ def _choose(
         keyv = keyv.masked_fill(excluded, -torch.inf)
         info["rankme"] = {k: float(v) for k, v in zip(keys, rk.tolist(), strict=True)}
         info["excluded"] = [k for k, e in zip(keys, excluded.tolist(), strict=True) if e]
-    if rule == "ridge_1se":
+    if rule == "ridge_press_alpha":
+        assert labels is not None
+        best, tied, confidence = _press_alpha(rows, keys, correct, n_boot, seed, dev, info)
+    elif rule == "ridge_1se":
         best = one_se(keyv, n)
         confidence = None
         tied = [keys[best]]
@@ -467,7 +489,7 @@ def _choose(
         best = int(torch.argmax(keyv))
         confidence = None
         tied = [keys[best]]
-    if samples is not None and rule != "ridge_1se":
+    if samples is not None and rule not in ("ridge_1se", "ridge_press_alpha"):
         ks = _key_tensor(rule, samples)
         ks = torch.nan_to_num(ks, nan=-torch.inf).masked_fill(excluded, -torch.inf)
         confidence = float((ks.argmax(1) == best).double().mean())
@@ -486,6 +508,57 @@ def _choose(
         info=info,
         bench=bench_record(rule, family, objective),
     )
+
+
+_RIDGE_RULES = (
+    "ridge_loo",
+    "ridge_margin",
+    "ridge_margin_rankme",
+    "ridge_1se",
+    "ridge_press_alpha",
+)
+
+
+def _press_alpha(
+    rows: dict[LayerSpec, Rows],
+    keys: list[LayerSpec],
+    press: Tensor,
+    n_boot: int,
+    seed: int,
+    dev: torch.device,
+    info: dict[str, Any],
+) -> tuple[int, list[LayerSpec], float | None]:
+    """``ridge_press_alpha``: the pick, the layers within one paired standard error (``tied``)
+    and the share of bootstrap resamples of the labelled samples that pick the same layer.
+
+    ``press`` is ``(L, n)``: minus each labelled sample's squared leave-one-out residual.
+    """
+    heads = torch.tensor([is_head(k) for k in keys])
+    allowed = ~heads if not bool(heads.all()) else torch.ones_like(heads)
+    alpha: dict[int, float] = {}
+
+    def pick(scores: Tensor) -> tuple[int, list[int]]:
+        near = within_se(scores, allowed)
+        for i in near:
+            if i not in alpha:  # label-free, on every sample: computed once per layer
+                alpha[i] = float(SPECTRAL["alpha_req"](*moments(rows[keys[i]], dev).eigenvalues()))
+        return min(near, key=lambda i: (abs(alpha[i] - 1.0), i)), near
+
+    best, near = pick(press)
+    confidence = None
+    if n_boot > 0:
+        gen = torch.Generator().manual_seed(seed + 2)
+        n = int(press.shape[1])
+        hits = sum(
+            pick(press[:, torch.randint(n, (n,), generator=gen)])[0] == best for _ in range(n_boot)
+        )
+        confidence = hits / n_boot
+    info["excluded"] = [
+        k for k, h in zip(keys, heads.tolist(), strict=True) if h and not bool(heads.all())
+    ]
+    info["within_1se"] = [keys[i] for i in near]
+    info["alpha_req"] = {keys[i]: v for i, v in sorted(alpha.items())}
+    return best, [keys[i] for i in near], confidence
 
 
 def _resample_lidar(per_layer: list[list[LidarStats]], n_boot: int, seed: int) -> Tensor:
@@ -531,6 +604,8 @@ def recommend_layer(
     (`RULES`): label-free measures of the features (``"rankme"``, ``"unevenness"``,
     ``"alpha_req"``, ``"nesum"``, ``"lidar"`` with ``views``), or, when the loader yields
     labels, a few-label score (``"ridge_loo"``: closed-form leave-one-out ridge accuracy;
+    ``"ridge_press_alpha"``: the layers outside a projection head whose ridge leave-one-out
+    squared error is within one paired standard error of the best, then alpha-ReQ closest to 1;
     ``"knn_loo"``: leave-one-out kNN accuracy; ``"linear_cv"``: cross-validated linear probe),
     optionally on ``labels_per_class`` labels per class. ``rule="auto"`` takes the rule that
     measured best on headkit's layer-choice benchmark (``docs/layer-choice.md``): its best

@@ -16,9 +16,62 @@ from ._linear import fit_linear
 from ._metrics import encode_labels, knn_predict
 from ._rows import Rows
 
-__all__ = ["RIDGE_LAMBDAS", "knn_loo", "linear_cv", "one_se", "ridge_loo", "zsum"]
+__all__ = [
+    "HEAD_NAMES",
+    "RIDGE_LAMBDAS",
+    "is_head",
+    "knn_loo",
+    "linear_cv",
+    "one_se",
+    "ridge_loo",
+    "within_se",
+    "zsum",
+]
 
 RIDGE_LAMBDAS = (0.1, 1.0, 10.0)  # ridge penalties, relative to the kernel's mean diagonal
+#: Module names that mark a projection or prediction head: a layer whose dotted name has one of
+#: these parts is in a head (``"head.0"``, ``"projection_head.layers.2"``, ``"model.projector"``).
+HEAD_NAMES = frozenset(
+    {
+        "head",
+        "heads",
+        "proj_head",
+        "projection_head",
+        "projector",
+        "prediction_head",
+        "pred_head",
+        "predictor",
+    }
+)
+
+
+def is_head(layer: LayerSpec) -> bool:
+    """Whether ``layer`` (a module name) sits in a projection or prediction head (`HEAD_NAMES`);
+    timm's integer indices never do."""
+    if not isinstance(layer, str):
+        return False
+    return any(part in HEAD_NAMES for part in layer.split("@")[0].split("."))
+
+
+def within_se(scores: Tensor, allowed: Tensor, z: float = 1.0) -> list[int]:
+    """The layers whose per-sample scores ``(L, n)`` (higher is better) are within ``z`` paired
+    standard errors of the best layer's mean, among the ``allowed`` ``(L,)`` ones.
+
+    The standard error of layer ``k`` is that of the per-sample differences to the best layer
+    (paired: the same labelled samples score every layer).
+    """
+    means = scores.double().mean(1).masked_fill(~allowed, -math.inf)
+    top = int(torch.argmax(means))
+    n = int(scores.shape[1])
+    out = []
+    for k in range(int(scores.shape[0])):
+        if not bool(allowed[k]):
+            continue
+        d = (scores[top] - scores[k]).double()
+        se = float(d.std()) / math.sqrt(n) if n > 1 else 0.0
+        if float(d.mean()) <= z * se + 1e-12:
+            out.append(k)
+    return out
 
 
 def knn_loo(rows: dict[LayerSpec, Rows], y: Tensor, k: int, dev: torch.device) -> Tensor:
@@ -53,17 +106,23 @@ def zsum(v: Tensor, n_layers: int) -> Tensor:
 
 
 def ridge_loo(
-    rows: dict[LayerSpec, Rows], keep: Tensor, y: Tensor, dev: torch.device, margin: bool = False
+    rows: dict[LayerSpec, Rows],
+    keep: Tensor,
+    y: Tensor,
+    dev: torch.device,
+    margin: bool = False,
+    press: bool = False,
 ) -> Tensor:
-    """``(L, n)`` leave-one-out correctness (or, with ``margin``, margins) of ridge regression to
-    one-hot labels, per layer.
+    """``(L, n)`` leave-one-out correctness (or, with ``margin``, margins; with ``press``, minus
+    the squared leave-one-out residuals) of ridge regression to one-hot labels, per layer.
 
     Each layer is standardised with the mean and standard deviation of all its samples (the
     unlabelled ones too), then the ``n`` labelled rows are centred and, in kernel form,
     ``H = K (K + lam I)^-1`` with ``K = X X^T`` gives every leave-one-out prediction in closed
     form: ``t_i - (t_i - (H T)_i) / (1 - H_ii)``. ``lam`` is tried at 0.1, 1 and 10 times the
     mean of ``diag(K)``; the best of the three per layer counts (most correct, or the highest
-    mean margin: the true class's LOO score minus the best other class's).
+    mean margin: the true class's LOO score minus the best other class's, or the lowest PRESS:
+    the mean over samples of ``||t_i - loo_i||^2``).
     """
     n = int(y.numel())
     if n < 3:
@@ -96,7 +155,9 @@ def ridge_loo(
             h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
             dh = (1 - torch.diagonal(h)).clamp_min(1e-9)
             loo = t - (t - h @ t) / dh[:, None]
-            if margin:
+            if press:
+                ok = -(t - loo).square().sum(1).cpu()
+            elif margin:
                 true = loo.gather(1, ydev[:, None])[:, 0]
                 ok = (true - loo.masked_fill(other, -torch.inf).amax(1)).cpu()
             else:

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._errors import HeadkitError, fmt_shape
-from ._checks import check_layer, constant, degenerate, knn_k_for, nonfinite, too_few
+from ._checks import (
+    check_layer,
+    constant,
+    degenerate,
+    knn_k_for,
+    nonfinite,
+    nonfinite_rows,
+    too_few,
+)
 from ._rows import Rows
 
 __all__ = [
@@ -64,15 +72,6 @@ def check_xy(x: object, y: object, layer: object, split: str) -> None:
         )
     if x.shape[0] == 0:
         raise HeadkitError(f"{split} features of layer {layer!r} are empty")
-
-
-def check_finite_rows(rows: Rows, layer: object, split: str) -> None:
-    """NaN/inf check, streamed."""
-    bad = 0
-    for block in rows.chunks():
-        bad += int((~torch.isfinite(block)).any(1).sum())
-    if bad:
-        raise HeadkitError(f"{split} features of layer {layer!r} have NaN/inf values in {bad} rows")
 
 
 def encode_labels(train: Tensor, *others: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -537,7 +536,7 @@ class LidarStats:
             raise HeadkitError(
                 f"LiDAR needs (B, Q, D) features of Q >= 2 views per sample, got {fmt_shape(z.shape)}"
             )
-        self.bad += int((~torch.isfinite(z)).flatten(1).any(1).sum())
+        self.bad += nonfinite_rows(z.flatten(1))
         z = z.double()
         mu = z.mean(1)
         dev = z.shape[-1]
@@ -589,7 +588,7 @@ def check_views(layer: object, z: Tensor) -> None:
     """The one policy of degenerate data (`check_layer`) for ``(N, Q, D)`` views: a sample is
     all of its views; constant = every sample's views equal the first sample's."""
     n, d = int(z.shape[0]), int(z.shape[-1])
-    bad = int((~torch.isfinite(z)).flatten(1).any(1).sum()) if z.numel() else 0
+    bad = nonfinite_rows(z.flatten(1))
     if bad:
         raise degenerate(layer, nonfinite(bad, n))
     if n < 2:
