@@ -315,3 +315,25 @@ def test_is_head_reads_module_names() -> None:
         assert is_head(name), name
     for name in ("blocks.3", "encoder.layer.11", "headless.0", 3, "backbone.layer4"):
         assert not is_head(name), name
+
+
+@pytest.mark.parametrize("width", [8, 64])
+def test_ridge_scores_match_the_reference_in_both_forms(width: int) -> None:
+    """40 labelled samples: a layer narrower than that takes the primal form (d x d solves), a
+    wider one the kernel form (n x n); both equal scikit-learn's Ridge refit n times."""
+    x, y = data(n=300)
+    g = torch.Generator().manual_seed(11)
+    layer = x[:, :8] @ torch.randn(8, width, generator=g) + torch.randn(300, width, generator=g)
+    keep = _few_labels(y, 10, 0)
+    assert (keep.numel() > width) == (width == 8)
+    xs = layer.double().numpy()
+    xs = (xs - xs.mean(0)) / (xs.std(0) + 1e-6)
+    _, margin = loo_reference(xs[keep.numpy()], y[keep].numpy())
+    press = press_reference(xs[keep.numpy()], y[keep].numpy())
+    feats = {"a": layer}
+    c_mar = choose_layer(feats, y, rule="ridge_margin", labels_per_class=10, n_boot=0)
+    c_pre = choose_layer(feats, y, rule="ridge_press_alpha", labels_per_class=10, n_boot=0)
+    n = keep.numel()
+    tol = 1e3 * torch.finfo(torch.float64).eps * n * width
+    assert c_mar.scores["a"] == pytest.approx(margin, rel=tol, abs=tol)
+    assert c_pre.scores["a"] == pytest.approx(-float(press.mean()), rel=tol, abs=tol)

@@ -4,7 +4,7 @@ samples per class (leave-one-out kNN, cross-validated linear probes, closed-form
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -105,6 +105,30 @@ def zsum(v: Tensor, n_layers: int) -> Tensor:
     return out
 
 
+def _ridge_fits(x: Tensor, t: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+    """Per penalty of `RIDGE_LAMBDAS`, the fitted values ``H T`` ``(n, C)`` and the leverages
+    ``diag(H)`` ``(n,)`` of ridge regression of ``t`` on the centred ``x`` ``(n, d)``, with
+    ``H = X (X^T X + lam I)^-1 X^T = K (K + lam I)^-1`` and ``lam`` relative to the mean of
+    ``diag(K)``. The kernel form (``n x n`` solves) when ``n <= d``, the primal form
+    (``d x d``) otherwise: memory and time grow with ``n d`` instead of ``n^2`` when every label
+    of a large set is used."""
+    n, d = int(x.shape[0]), int(x.shape[1])
+    if n <= d:
+        k = x @ x.T
+        scale = float(torch.diagonal(k).mean().clamp_min(1e-12))
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        for lam in RIDGE_LAMBDAS:
+            h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
+            yield h @ t, torch.diagonal(h)
+    else:
+        g = x.T @ x
+        scale = float((torch.diagonal(g).sum() / n).clamp_min(1e-12))
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        for lam in RIDGE_LAMBDAS:
+            sol = torch.linalg.solve(g + lam * scale * eye, x.T)  # (X^T X + lam I)^-1 X^T
+            yield x @ (sol @ t), (x * sol.T).sum(1)
+
+
 def ridge_loo(
     rows: dict[LayerSpec, Rows],
     keep: Tensor,
@@ -133,7 +157,6 @@ def ridge_loo(
         raise HeadkitError("ridge_loo needs labels of at least 2 classes")
     t = torch.nn.functional.one_hot(yc, classes).to(dev, torch.float64)
     t = t - t.mean(0)
-    eye = torch.eye(n, dtype=torch.float64, device=dev)
     out = []
     ydev = yc.to(dev)
     other = torch.nn.functional.one_hot(yc, classes).to(dev).bool()
@@ -148,13 +171,10 @@ def ridge_loo(
         sd = (s2 / r.n - mean * mean).clamp_min(0).sqrt() + 1e-6
         x = (r.take(keep).to(dev, torch.float64) - mean) / sd
         x = x - x.mean(0)
-        k = x @ x.T
-        scale = float(torch.diagonal(k).mean().clamp_min(1e-12))
         best: Tensor | None = None
-        for lam in RIDGE_LAMBDAS:
-            h = torch.linalg.solve(k + lam * scale * eye, k).T  # K (K + lam I)^-1 (symmetric K)
-            dh = (1 - torch.diagonal(h)).clamp_min(1e-9)
-            loo = t - (t - h @ t) / dh[:, None]
+        for fitted, diag_h in _ridge_fits(x, t):
+            dh = (1 - diag_h).clamp_min(1e-9)
+            loo = t - (t - fitted) / dh[:, None]
             if press:
                 ok = -(t - loo).square().sum(1).cpu()
             elif margin:
