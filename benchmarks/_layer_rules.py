@@ -448,6 +448,7 @@ def plot(
     fams = [*sorted({c.family for c in cases}), "all"]
     fig, ax = plt.subplots(figsize=(13, 5))
     w = 0.8 / len(rules)
+    colours = plt.get_cmap("tab20").colors
     for j, r in enumerate(rules):
         means, errs = [], [[], []]
         for f in fams:
@@ -458,7 +459,10 @@ def plot(
             errs[1].append(s["lost_hi"] - s["mean_lost"])
         xs = np.arange(len(fams)) + (j - len(rules) / 2 + 0.5) * w
         style = "//" if r.startswith("fixed:") else None
-        ax.bar(xs, means, w, yerr=errs, label=r, hatch=style, capsize=1.5)
+        label = f"{SHIPPED[r]} ({r.split(': ')[0]})" if r in SHIPPED else r
+        ax.bar(
+            xs, means, w, yerr=errs, label=label, hatch=style, capsize=1.5, color=colours[j % 20]
+        )
     ax.set_xticks(np.arange(len(fams)))
     ax.set_xticklabels(
         [f"{f}\n({sum(1 for c in cases if f == 'all' or c.family == f)} cases)" for f in fams]
