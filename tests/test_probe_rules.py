@@ -337,3 +337,22 @@ def test_ridge_scores_match_the_reference_in_both_forms(width: int) -> None:
     tol = 1e3 * torch.finfo(torch.float64).eps * n * width
     assert c_mar.scores["a"] == pytest.approx(margin, rel=tol, abs=tol)
     assert c_pre.scores["a"] == pytest.approx(-float(press.mean()), rel=tol, abs=tol)
+
+
+def test_a_layer_without_a_spectrum_is_named_or_ranked_last() -> None:
+    """A one-direction layer has no eigenvalue decay to fit: the label-free rule refuses it by
+    name; ridge_press_alpha still scores it with the labels and ranks it last on alpha-ReQ."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=g)
+    one = (y.float() * 3 + torch.randn(300, generator=g)).view(-1, 1)
+    two = torch.cat([one, 0.01 * torch.randn(300, 1, generator=g)], 1)
+    feats = {"one": one, "two": two, "noise": torch.randn(300, 8, generator=g)}
+    with pytest.raises(
+        HeadkitError, match="layer 'one' cannot be measured: alpha_req needs at least 2"
+    ):
+        choose_layer(feats, rule="alpha_req", n_boot=0)
+    with pytest.raises(HeadkitError, match="at least 2 non-zero eigenvalues"):
+        alpha_req(one)
+    c = choose_layer(feats, y, rule="ridge_press_alpha", labels_per_class=10, n_boot=20)
+    # 'one' joins the set in some resamples: its alpha-ReQ is recorded as undefined, never picked
+    assert math.isnan(c.info["alpha_req"]["one"]) and c.layer == "two"

@@ -17,7 +17,7 @@ from .._layers.model import LayerSpec
 from .._layers.pool import Pool
 from . import _bench_table
 from ._bench import BenchRecord, bench_record, guess_family
-from ._checks import check_layers, knn_k_for
+from ._checks import DegenerateData, check_layers, degenerate, knn_k_for
 from ._extract import ExtractOptions, Features, extract
 from ._few_labels import (
     RIDGE_LAMBDAS,
@@ -445,14 +445,13 @@ def _choose(
         if any(r.d > r.n for r in rows.values()):
             # wider than the data: exact values from the N x N Gram matrix, no block bootstrap
             values = torch.tensor(
-                [SPECTRAL[rule](*moments(rows[k], dev).eigenvalues()) for k in keys],
-                dtype=torch.float64,
+                [_spectral(rule, k, moments(rows[k], dev)) for k in keys], dtype=torch.float64
             )
             info["bootstrap"] = "skipped: a layer is wider than the number of samples"
         else:
             per_layer = [_blocks(rows[k], 16, seed, dev) for k in keys]
             values = torch.tensor(
-                [SPECTRAL[rule](*blk.moments().eigenvalues()) for blk in per_layer],
+                [_spectral(rule, k, blk.moments()) for k, blk in zip(keys, per_layer, strict=True)],
                 dtype=torch.float64,
             )
             if n_boot > 0:
@@ -541,8 +540,12 @@ def _press_alpha(
         near = within_se(scores, allowed)
         for i in near:
             if i not in alpha:  # label-free, on every sample: computed once per layer
-                alpha[i] = float(SPECTRAL["alpha_req"](*moments(rows[keys[i]], dev).eigenvalues()))
-        return min(near, key=lambda i: (abs(alpha[i] - 1.0), i)), near
+                try:
+                    ev = moments(rows[keys[i]], dev).eigenvalues()
+                    alpha[i] = float(SPECTRAL["alpha_req"](*ev))
+                except HeadkitError:  # no spectrum to fit (one direction): ranked last
+                    alpha[i] = math.nan
+        return min(near, key=lambda i: (_alpha_distance(alpha[i]), i)), near
 
     best, near = pick(press)
     confidence = None
@@ -559,6 +562,22 @@ def _press_alpha(
     info["within_1se"] = [keys[i] for i in near]
     info["alpha_req"] = {keys[i]: v for i, v in sorted(alpha.items())}
     return best, [keys[i] for i in near], confidence
+
+
+def _spectral(rule: str, layer: LayerSpec, mom: Moments) -> float:
+    """A label-free measure of one layer; a spectrum it cannot score (e.g. alpha-ReQ of a
+    single direction) is refused naming the layer, as every degenerate layer is."""
+    try:
+        return float(SPECTRAL[rule](*mom.eigenvalues()))
+    except DegenerateData:
+        raise
+    except HeadkitError as e:
+        raise degenerate(layer, str(e)) from None
+
+
+def _alpha_distance(a: float) -> float:
+    """``|alpha - 1|``; infinite for a layer whose alpha-ReQ is undefined."""
+    return abs(a - 1.0) if math.isfinite(a) else math.inf
 
 
 def _resample_lidar(per_layer: list[list[LidarStats]], n_boot: int, seed: int) -> Tensor:

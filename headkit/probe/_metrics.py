@@ -332,6 +332,11 @@ def _nesum_from(ev: Tensor) -> float:
 def _alpha_from(ev: Tensor, fit_range: tuple[int, int] | None = None) -> float:
     ev = _check_variance(ev, "alpha_req")
     pos = int((ev > ev[0] * 1e-12).sum())
+    if fit_range is None and pos < 2:
+        raise HeadkitError(
+            f"alpha_req needs at least 2 non-zero eigenvalues to fit a decay; the features have "
+            f"{pos}"
+        )
     lo, hi = (1, pos) if fit_range is None else fit_range
     if not 1 <= lo < hi:
         raise HeadkitError(
