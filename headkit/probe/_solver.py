@@ -233,6 +233,10 @@ def fit_softmax(
         f, g, gm = evaluate(theta, lam, cv)
         curv = (cv / (n_rows * (c - 1))).clamp_min(1e-6).to(dtype)
     info.passes += 1
+    # the preconditioner (P, 1, D + 1), from the mean curvature of the softmax at the start
+    # (floored for a zero penalty on directions the features do not span): fixed for the solve
+    a = curv.view(p, 1, 1)
+    prec = torch.cat([1.0 / (a * s_row + lam.view(p, 1, 1)).clamp_min(a * s_floor), 1.0 / a], 2)
     g0 = gm.clamp_min(1.0)
     done = gm <= tol * g0
     out_theta, out_gm = theta.clone(), gm.clone()
@@ -241,15 +245,18 @@ def fit_softmax(
     alive = torch.arange(p, device=dev)
     hist: list[Pair] = []
 
+    def save() -> None:  # the problems still alive, into the outputs
+        out_theta[alive] = theta
+        out_gm[alive] = gm
+        out_done[alive] = done
+        out_it[alive] = info.iterations
+
     for _ in range(max_iter):
         if bool(done.any()):  # retire the problems that are done: the rest run narrower
-            out_theta[alive] = theta
-            out_gm[alive] = gm
-            out_done[alive] = done
-            out_it[alive] = info.iterations
+            save()
             k = ~done
-            alive, theta, g, f, gm, g0, lam, curv = (
-                t[k] for t in (alive, theta, g, f, gm, g0, lam, curv)
+            alive, theta, g, f, gm, g0, lam, prec = (
+                t[k] for t in (alive, theta, g, f, gm, g0, lam, prec)
             )
             hist = [(s_[k], y_[k], r_[k]) for s_, y_, r_ in hist]
             done = done[k]
@@ -257,12 +264,6 @@ def fit_softmax(
         if na == 0:
             break
         info.iterations += 1
-        # the preconditioner (P, 1, D + 1), from the mean curvature of the softmax at the start
-        # (floored for a zero penalty on directions the features do not span)
-        a = curv.view(na, 1, 1)
-        prec = torch.cat(
-            [1.0 / (a * s_row + lam.view(na, 1, 1)).clamp_min(a * s_floor), 1.0 / a], 2
-        )
         # two-loop recursion, per problem
         q = g.clone()
         alphas = []
@@ -315,10 +316,7 @@ def fit_softmax(
             if len(hist) > history:
                 hist.pop(0)
     if alive.numel():
-        out_theta[alive] = theta
-        out_gm[alive] = gm
-        out_done[alive] = done
-        out_it[alive] = info.iterations
+        save()
     info.stopped_at = out_it.cpu()
     info.grad_norm = out_gm.cpu()
     info.converged = out_done.cpu()
