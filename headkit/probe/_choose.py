@@ -469,7 +469,6 @@ def _choose(
         info["rankme"] = {k: float(v) for k, v in zip(keys, rk.tolist(), strict=True)}
         info["excluded"] = [k for k, e in zip(keys, excluded.tolist(), strict=True) if e]
     if rule == "ridge_press_alpha":
-        assert labels is not None
         best, tied, confidence = _press_alpha(rows, keys, correct, n_boot, seed, dev, info)
     elif rule == "ridge_1se":
         best = one_se(keyv, n)
@@ -541,8 +540,7 @@ def _press_alpha(
         for i in near:
             if i not in alpha:  # label-free, on every sample: computed once per layer
                 try:
-                    ev = moments(rows[keys[i]], dev).eigenvalues()
-                    alpha[i] = float(SPECTRAL["alpha_req"](*ev))
+                    alpha[i] = _spectral("alpha_req", keys[i], moments(rows[keys[i]], dev))
                 except HeadkitError:  # no spectrum to fit (one direction): ranked last
                     alpha[i] = math.nan
         return min(near, key=lambda i: (_alpha_distance(alpha[i]), i)), near
@@ -556,9 +554,7 @@ def _press_alpha(
             pick(press[:, torch.randint(n, (n,), generator=gen)])[0] == best for _ in range(n_boot)
         )
         confidence = hits / n_boot
-    info["excluded"] = [
-        k for k, h in zip(keys, heads.tolist(), strict=True) if h and not bool(heads.all())
-    ]
+    info["excluded"] = [k for k, a in zip(keys, allowed.tolist(), strict=True) if not a]
     info["within_1se"] = [keys[i] for i in near]
     info["alpha_req"] = {keys[i]: v for i, v in sorted(alpha.items())}
     return best, [keys[i] for i in near], confidence
